@@ -1,0 +1,3 @@
+"""wsPrism: a self-hosted realtime WebSocket gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+# cython: language_level=3
+"""Compiled strict UTF-8 validator. The contract lives in utf8_py.py (the twin)."""
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+
+
+cdef bint utf8_valid_ptr(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i = 0
+    cdef uint64_t word
+    cdef unsigned char c, c1
+    while i < n:
+        # ASCII run: 8 bytes at a time (memcpy: p + i is not aligned).
+        while i + 8 <= n:
+            memcpy(&word, p + i, 8)
+            if word & 0x8080808080808080ULL:
+                break
+            i += 8
+        if i >= n:
+            return True
+        c = p[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if c < 0xC2:            # stray continuation byte or overlong 2-byte lead
+            return False
+        if c < 0xE0:            # 2-byte sequence
+            if i + 1 >= n or (p[i + 1] & 0xC0) != 0x80:
+                return False
+            i += 2
+            continue
+        if c < 0xF0:            # 3-byte sequence
+            if i + 2 >= n:
+                return False
+            c1 = p[i + 1]
+            if (c1 & 0xC0) != 0x80 or (p[i + 2] & 0xC0) != 0x80:
+                return False
+            if c == 0xE0 and c1 < 0xA0:      # overlong
+                return False
+            if c == 0xED and c1 > 0x9F:      # UTF-16 surrogate
+                return False
+            i += 3
+            continue
+        if c < 0xF5:            # 4-byte sequence
+            if i + 3 >= n:
+                return False
+            c1 = p[i + 1]
+            if ((c1 & 0xC0) != 0x80 or (p[i + 2] & 0xC0) != 0x80
+                    or (p[i + 3] & 0xC0) != 0x80):
+                return False
+            if c == 0xF0 and c1 < 0x90:      # overlong
+                return False
+            if c == 0xF4 and c1 > 0x8F:      # above U+10FFFF
+                return False
+            i += 4
+            continue
+        return False
+    return True
+
+
+cpdef bint utf8_valid(object data) except -1:
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return utf8_valid_ptr(<const unsigned char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)

@@ -1,0 +1,100 @@
+"""Runs one gateway process: logging, event loop, listener, signals (drain, reload)."""
+import asyncio
+import logging
+import signal
+import ssl as ssl_module
+
+from . import __version__
+from ._fast import USING_EXTENSIONS
+from .auth import AuthSetupError
+from .config import ConfigError, load_config, split_listen
+from .gateway import Gateway
+from .ops import liveness
+from .transport.server import start_server
+
+log = logging.getLogger("wsprism")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-5s %(name)s > %(message)s",
+    )
+    logging.getLogger("wsprism.picows").setLevel(logging.WARNING)
+
+
+def install_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def make_ssl(tls):
+    if tls is None:
+        return None
+    ctx = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    return ctx
+
+
+async def serve(config, config_path: str | None = None, ready=None) -> int:
+    """Run until drained. `ready(gateway, server)` is called once listening (tests)."""
+    gateway = Gateway(config, config_path)
+    gateway.stopped = asyncio.Event()
+    host, port = split_listen(config.gateway.listen)
+    server = await start_server(gateway, host, port, ssl=make_ssl(config.gateway.tls),
+                                reuse_port=config.gateway.workers > 1)
+    bound = server.sockets[0].getsockname()
+    listen = config.gateway.listen if port else f"{host}:{bound[1]}"
+    log.info("wsPrism Gateway active at %s", listen)
+    for tenant in config.tenants:
+        log.info('Loaded configuration for tenant: "%s"', tenant.id)
+        if tenant.auth.mode == "dev":
+            log.warning('tenant "%s" uses auth.mode dev: any client can log in; do not use in production', tenant.id)
+    if not USING_EXTENSIONS:
+        log.warning("compiled fast path not active: running the pure-Python twins")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_stop_signal() -> None:
+        if not stop.is_set():
+            log.info("signal received: draining")
+            stop.set()
+
+    def on_reload_signal() -> None:
+        reload_from_file(gateway)
+
+    if config_path is not None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
+    sweeper = loop.create_task(liveness.run(gateway))
+    gateway.request_stop = stop.set
+    if ready is not None:
+        ready(gateway, server)
+    await stop.wait()
+    await gateway.drain()
+    server.close()
+    sweeper.cancel()
+    log.info("stopped")
+    return 0
+
+
+def reload_from_file(gateway) -> bool:
+    try:
+        new = load_config(gateway.config_path)
+        gateway.reload(new)
+    except (ConfigError, AuthSetupError) as exc:
+        log.error("reload rejected, keeping the running configuration: %s", exc)
+        return False
+    return True
+
+
+def run(config_path: str, log_level: str = "INFO") -> int:
+    setup_logging(log_level)
+    config = load_config(config_path)
+    install_loop()
+    log.info("wsprism %s (compiled fast path %s)", __version__, "active" if USING_EXTENSIONS else "inactive")
+    return asyncio.run(serve(config, config_path))

@@ -1,0 +1,1 @@
+"""Realtime core: envelopes, sessions, the session registry, rooms and presence, dispatch."""

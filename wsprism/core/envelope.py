@@ -1,0 +1,94 @@
+"""Ext Lane envelopes: the one inbound decoder and the outbound encoders.
+
+Inbound text frames decode straight into `Envelope` (strict: unknown fields, wrong types
+and out-of-range integers are errors). `data` stays raw JSON (`msgspec.Raw`) until a
+service asks for it, so a message that is routed or forwarded is never rebuilt.
+"""
+from typing import Annotated, Any
+
+import msgspec
+
+U64_MAX = 2**64 - 1
+
+FLAG_SEQ_PRESENT = 0x01
+FLAG_ROOM_PRESENT = 0x02
+FLAG_ACK_REQUESTED = 0x04
+
+
+class Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    v: int
+    svc: Annotated[str, msgspec.Meta(min_length=1)]
+    type: Annotated[str, msgspec.Meta(min_length=1)]
+    flags: Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)] = 0
+    seq: Annotated[int, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
+    room: str | msgspec.UnsetType = msgspec.UNSET
+    data: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+class DecodeFailed(Exception):
+    """The text frame is not a valid envelope (BAD_REQUEST, close 1008)."""
+
+
+_decoder = msgspec.json.Decoder(Envelope)
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+
+def decode_envelope(payload: bytes) -> Envelope:
+    """Decode one Ext Lane message; raises DecodeFailed with a short reason."""
+    try:
+        env = _decoder.decode(payload)
+    except _DECODE_ERRORS as exc:
+        raise DecodeFailed(_short_reason(exc)) from None
+    if env.seq is not msgspec.UNSET and env.seq > U64_MAX:
+        raise DecodeFailed("seq out of range (u64)")
+    return env
+
+
+def _short_reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200]
+
+
+# --- outbound ---------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+
+PONG = b'{"v":1,"svc":"sys","type":"pong"}'
+
+
+def encode_error(code: str, msg: str, seq: Any = msgspec.UNSET, trace_id: str | None = None) -> bytes:
+    out: dict[str, Any] = {"v": 1, "svc": "sys", "type": "error", "data": {"code": code, "msg": msg}}
+    if seq is not msgspec.UNSET and seq is not None:
+        out["seq"] = seq
+    if trace_id is not None:
+        out["trace_id"] = trace_id
+    return _encoder.encode(out)
+
+
+def encode_ack(seq: int) -> bytes:
+    return b'{"v":1,"svc":"sys","type":"ack","seq":%d}' % seq
+
+
+def encode_sys(type_: str, room: str | None = None, data: Any = msgspec.UNSET, **extra: Any) -> bytes:
+    """A `sys` message: `{"v":1,"svc":"sys","type":...,"room"?:...,"data"?:...}`."""
+    out: dict[str, Any] = {"v": 1, "svc": "sys", "type": type_}
+    if room is not None:
+        out["room"] = room
+    if data is not msgspec.UNSET:
+        out["data"] = data
+    out.update(extra)
+    return _encoder.encode(out)
+
+
+def encode_message(svc: str, type_: str, room: str | None, data: Any, **extra: Any) -> bytes:
+    """A service message to clients (chat.msg, room.user_joined, backend publish ...)."""
+    out: dict[str, Any] = {"v": 1, "svc": svc, "type": type_}
+    if room is not None:
+        out["room"] = room
+    out.update(extra)
+    if data is not msgspec.UNSET:
+        out["data"] = data
+    return _encoder.encode(out)

@@ -1,0 +1,221 @@
+"""The gateway's process-wide state and the life of a session (composition root).
+
+Builds one `TenantRuntime` per configured tenant, admits sessions after the upgrade
+(same-sid replacement, per-user limits), detaches them, and runs drain and reload.
+"""
+import asyncio
+import logging
+import time
+
+from .auth import AuthSetupError
+from .core import codes
+from .core.envelope import encode_sys
+from .core.session import CLOSED, CLOSING, OPEN
+from .core.tenant import TenantRuntime
+from .ops.metrics import TenantStats, make_registry
+from .policy.defender import Defender
+from .policy.ratelimit import new_session_bucket
+from .policy.sessions import over_limit
+from .transport.handshake import Router
+from .transport.listener import Connection
+
+log = logging.getLogger("wsprism.gateway")
+
+KICK_REPLACED = encode_sys("kicked", data={"reason": "replaced"})
+KICK_EXCEEDED = encode_sys("kicked", data={"reason": "max_sessions_exceeded"})
+RESTART_KEYS = ("listen", "workers", "tls")
+
+
+class Gateway:
+    def __init__(self, config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.tenants: dict[str, TenantRuntime] = {}
+        for tcfg in config.tenants:
+            self.tenants[tcfg.id] = TenantRuntime(tcfg, config.gateway)   # may raise AuthSetupError
+        self.unknown_stats = TenantStats()
+        self.draining = False
+        self.stopped: asyncio.Event | None = None
+        g = config.gateway
+        self.defender = Defender(g.handshake_limit, g.trusted_proxies)
+        self.metrics_path = g.metrics.path.encode() if g.metrics.enabled else None
+        self.metrics_registry = make_registry(self)
+        self.high_water = g.outbound_high_water_bytes
+        self.router = Router(self)
+        self._update_needs_ip()
+
+    def _update_needs_ip(self) -> None:
+        self.needs_peer_ip = any(t.authenticator.deferred for t in self.tenants.values())
+
+    # -- sessions ----------------------------------------------------------------------
+    def new_session(self, tenant, user, sid, ip, exp, deferred_ticket=None) -> Connection:
+        """Called by the router once every pre-upgrade check passed."""
+        tenant.sessions.reserve()
+        conn = Connection(self, tenant, user, sid, ip, exp)
+        if deferred_ticket is not None:
+            conn.ticket_exp = deferred_ticket     # held until the webhook answers
+        return conn
+
+    def on_connected(self, session) -> None:
+        session.transport.underlying_transport.set_write_buffer_limits(high=self.high_water)
+        if session.tenant.authenticator.deferred:
+            self.start_deferred_auth(session)
+            return
+        self.admit(session)
+
+    def admit(self, session) -> None:
+        """The user is known: apply the session policy, then greet with `authed`."""
+        tenant = session.tenant
+        reg = tenant.sessions
+        if session.sid is None:
+            session.sid = session.trace_id
+        old = reg.find(session.user, session.sid)
+        if old is not None:
+            old.send(KICK_REPLACED)
+            old.close(codes.CLOSE_KICKED, "replaced")
+        denied, kick = over_limit(reg, session.user, tenant.policy)
+        if denied:
+            tenant.stats.handshake_rejections["too_many_sessions"] += 1
+            session.state = OPEN          # so the error frame goes out
+            session.send_error(codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user")
+            session.close(codes.CLOSE_TOO_MANY_SESSIONS, "too many sessions")
+            return
+        for victim in kick:
+            victim.send(KICK_EXCEEDED)
+            victim.close(codes.CLOSE_KICKED, "max sessions exceeded")
+        reg.add(session)
+        session.registered = True
+        session.state = OPEN
+        session.bucket = new_session_bucket(tenant.policy)
+        self.set_expiry(session, session.ticket_exp)
+        session.send(encode_sys(
+            "authed",
+            data={"tenant": tenant.id, "user": session.user, "sid": session.sid},
+            trace_id=session.trace_id,
+        ))
+
+    def set_expiry(self, session, exp: float | None) -> None:
+        if session.exp_handle is not None:
+            session.exp_handle.cancel()
+            session.exp_handle = None
+        session.ticket_exp = exp
+        if exp is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, exp - time.time())
+            session.exp_handle = loop.call_later(delay, self._expire, session)
+
+    def _expire(self, session) -> None:
+        session.exp_handle = None
+        session.close(codes.CLOSE_AUTH_EXPIRED, "auth expired")
+
+    def detach(self, session) -> None:
+        """Leave rooms and registry (idempotent): called on close, kick and disconnect."""
+        if session.registered:
+            session.registered = False
+            tenant = session.tenant
+            tenant.sessions.remove(session)
+            tenant.rooms.leave_all(session)
+        for name in ("exp_handle", "slow_handle"):
+            handle = getattr(session, name)
+            if handle is not None:
+                handle.cancel()
+                setattr(session, name, None)
+
+    def on_disconnected(self, session) -> None:
+        if session.state == CLOSED:
+            return
+        self.detach(session)
+        session.state = CLOSED
+        session.tenant.sessions.release()
+        if session.close_handle is not None:
+            session.close_handle.cancel()
+            session.close_handle = None
+        self._maybe_stopped()
+
+    # -- deferred (webhook) auth: wired by the backend integration ---------------------
+    def start_deferred_auth(self, session) -> None:
+        session.state = OPEN
+        session.send_error(codes.AUTH_FAILED, "webhook auth is not available")
+        session.close(codes.CLOSE_AUTH_REFUSED, "auth refused")
+
+    def refresh_deferred(self, session, ticket: str, env) -> None:
+        from .services.base import ServiceError
+
+        raise ServiceError(codes.AUTH_FAILED, "webhook refresh is not available")
+
+    # -- metrics beyond the per-tenant counters ----------------------------------------
+    def extra_metrics(self):
+        return ()
+
+    # -- drain -------------------------------------------------------------------------
+    def session_count(self) -> int:
+        return sum(t.sessions.count for t in self.tenants.values())
+
+    def _maybe_stopped(self) -> None:
+        if self.draining and self.stopped is not None and self.session_count() == 0:
+            self.stopped.set()
+
+    async def drain(self) -> None:
+        """Refuse new upgrades, close every session with 1001 spread over the first half
+        of drain_grace_ms, and return when all are gone or the grace is over."""
+        if self.draining:
+            return
+        self.draining = True
+        grace = self.config.gateway.drain_grace_ms / 1000.0
+        sessions = [s for t in self.tenants.values() for s in t.sessions.all_sessions()]
+        log.info("draining %d sessions over %.1fs", len(sessions), grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if sessions:
+            spread = grace / 2
+            batches = max(1, min(len(sessions), 20))
+            per = -(-len(sessions) // batches)
+            for i in range(batches):
+                for s in sessions[i * per:(i + 1) * per]:
+                    s.close(codes.CLOSE_DRAINING, "server draining")
+                if spread and i + 1 < batches:
+                    await asyncio.sleep(spread / batches)
+        # pending (not yet admitted) sessions are closed too
+        remaining = self.session_count()
+        if remaining:
+            try:
+                await asyncio.wait_for(self.stopped.wait(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                log.warning("drain grace over with %d sessions left", self.session_count())
+
+    # -- reload ------------------------------------------------------------------------
+    def reload(self, new_config) -> None:
+        """Apply a new config: tenants' limits and policies change for the next check."""
+        old_gw = self.config.gateway
+        new_gw = new_config.gateway
+        for key in RESTART_KEYS:
+            if getattr(old_gw, key) != getattr(new_gw, key):
+                log.warning("gateway.%s changed: needs a restart to take effect", key)
+        if (old_gw.api and old_gw.api.listen) != (new_gw.api and new_gw.api.listen):
+            log.warning("gateway.api.listen changed: needs a restart to take effect")
+        # build everything first so nothing is half-applied
+        staged = {}
+        for tcfg in new_config.tenants:
+            current = self.tenants.get(tcfg.id)
+            if current is None:
+                staged[tcfg.id] = TenantRuntime(tcfg, new_gw)
+        for tcfg in new_config.tenants:
+            current = self.tenants.get(tcfg.id)
+            if current is not None:
+                current.apply(tcfg, new_gw)
+        removed = [tid for tid in self.tenants if tid not in {t.id for t in new_config.tenants}]
+        self.tenants.update(staged)
+        for tid in removed:
+            tenant = self.tenants.pop(tid)
+            for s in tenant.sessions.all_sessions():
+                s.close(codes.CLOSE_DRAINING, "tenant removed")
+        # listen/workers/tls keep their running values until a restart
+        self.config = new_config
+        self.defender.reconfigure(new_gw.handshake_limit, new_gw.trusted_proxies)
+        self.metrics_path = new_gw.metrics.path.encode() if new_gw.metrics.enabled else None
+        self.high_water = new_gw.outbound_high_water_bytes
+        self._update_needs_ip()
+        log.info("configuration reloaded: %d tenants", len(self.tenants))
+
+
+__all__ = ["Gateway", "AuthSetupError", "CLOSING"]

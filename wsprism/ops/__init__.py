@@ -1,0 +1,1 @@
+"""Operations at the side of the gateway: metrics, health, drain, reload."""

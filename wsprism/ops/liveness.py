@@ -1,0 +1,43 @@
+"""Liveness: a server ping every `ping_interval_ms`, and idle sessions closed.
+
+One timer for the whole process instead of one per session. Each tick, a session that
+sent any frame (a pong included) since the last tick is marked fresh; one that stayed
+silent for `idle_timeout_ms` gets `sys.error` TIMEOUT and close 4002. Half-open
+sockets (a client that vanished) never answer the pings, so they are reclaimed here.
+"""
+import asyncio
+import logging
+
+from ..core import codes
+from ..core.session import OPEN
+
+log = logging.getLogger("wsprism.liveness")
+
+
+async def run(gateway) -> None:
+    while True:
+        g = gateway.config.gateway
+        interval = g.ping_interval_ms / 1000.0
+        await asyncio.sleep(interval)
+        idle_ticks = max(1, -(-g.idle_timeout_ms // g.ping_interval_ms))
+        for tenant in list(gateway.tenants.values()):
+            for session in tenant.sessions.all_sessions():
+                tick(session, idle_ticks)
+
+
+def tick(session, idle_ticks: int) -> None:
+    if session.state != OPEN:
+        return
+    if session.seen:
+        session.seen = False
+        session.idle_ticks = 0
+    else:
+        session.idle_ticks += 1
+        if session.idle_ticks >= idle_ticks:
+            session.send_error(codes.TIMEOUT, "idle timeout")
+            session.close(codes.CLOSE_IDLE, "idle timeout")
+            return
+    try:
+        session.transport.send_ping()
+    except Exception:  # transport already gone: on_ws_disconnected will clean up
+        log.debug("ping failed for %r", session)

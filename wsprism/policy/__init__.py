@@ -1,0 +1,1 @@
+"""Policy: what may pass, checked cheapest first (size, rate, allowlists, session limits)."""

@@ -1,0 +1,1 @@
+"""Transport: the picows server, the pre-upgrade router and the per-connection listener."""

@@ -1,0 +1,136 @@
+"""Pre-upgrade checks for `/v1/ws`, cheapest first (SPEC sections 1 and 14).
+
+404 unknown path → 426 not an upgrade → 503 draining → 429 defender → 400 bad
+query → 400 unknown tenant → 503 tenant full → 401 ticket refused. Every answer is
+a plain HTTP response; nothing is upgraded unless all pass. Also serves `/healthz`,
+`/readyz` and the metrics path on the same port.
+"""
+import re
+from urllib.parse import parse_qsl
+
+from picows.picows import _validate_upgrade_request
+
+from ..auth import AuthError
+from ..ops import health
+from ..ops.metrics import render
+from . import http
+
+WS_PATH = b"/v1/ws"
+TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+TICKET_RE = re.compile(r"[\x20-\x7e]{1,4096}")
+_KEYS = ("tenant", "ticket", "sid")
+
+
+class BadQuery(Exception):
+    pass
+
+
+def parse_query(raw: bytes) -> tuple[str, str, str | None]:
+    """(tenant, ticket, sid) from the query string, or BadQuery with the reason."""
+    try:
+        text = raw.decode("ascii")
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=32)
+    except (UnicodeDecodeError, ValueError):
+        raise BadQuery("malformed query string") from None
+    found: dict[str, str] = {}
+    for key, value in pairs:
+        if key in _KEYS:
+            if key in found:
+                raise BadQuery(f"{key} given twice")
+            found[key] = value
+    tenant = found.get("tenant")
+    ticket = found.get("ticket")
+    sid = found.get("sid")
+    if tenant is None or not TENANT_RE.fullmatch(tenant):
+        raise BadQuery("missing or malformed tenant")
+    if ticket is None or not TICKET_RE.fullmatch(ticket):
+        raise BadQuery("missing or malformed ticket")
+    if sid is not None and not SID_RE.fullmatch(sid):
+        raise BadQuery("malformed sid")
+    return tenant, ticket, sid
+
+
+def _is_upgrade(headers) -> bool:
+    return "websocket" in headers.get("Upgrade", "").lower()
+
+
+class Router:
+    """picows' listener factory: answers HTTP, or returns the new session's listener."""
+
+    def __init__(self, gateway) -> None:
+        self.gw = gateway
+
+    def __call__(self, request, proto):
+        path, _, query = request.path.partition(b"?")
+        if path == WS_PATH:
+            return self._upgrade(request, query, proto)
+        gw = self.gw
+        if path == b"/healthz":
+            return http.plain(200, "ok")
+        if path == b"/readyz":
+            return http.plain(503, "draining") if gw.draining else http.plain(200, "ready")
+        if path == gw.metrics_path:
+            return http.ok(render(gw.metrics_registry), health.METRICS_CONTENT_TYPE)
+        if path == b"/demo/" and gw.config.gateway.demo:
+            return http.ok(health.demo_page(), "text/html; charset=utf-8")
+        return self._reject(gw.unknown_stats, 404, "not found", "not_found")
+
+    def _reject(self, stats, status, body, reason, headers=None):
+        stats.count_upgrade(status, reason)
+        return http.plain(status, body, headers)
+
+    def _upgrade(self, request, query: bytes, proto):
+        gw = self.gw
+        unknown = gw.unknown_stats
+        headers = request.headers
+        if not _is_upgrade(headers):
+            return self._reject(unknown, 426, "upgrade required: this endpoint speaks WebSocket", "not_upgrade",
+                                {"Upgrade": "websocket"})
+        try:
+            _validate_upgrade_request(request)
+        except RuntimeError:
+            return self._reject(unknown, 400, "bad WebSocket upgrade request", "bad_request")
+        if gw.draining:
+            return self._reject(unknown, 503, "draining", "draining")
+        ip = ""
+        defender = gw.defender
+        if defender.enabled or gw.needs_peer_ip:
+            ip = peer_ip(proto)
+            if defender.enabled:
+                ip = defender.client_ip(ip, headers.get("X-Forwarded-For"))
+                verdict = defender.check(ip)
+                if verdict is not None:
+                    reason, retry = verdict
+                    return self._reject(unknown, 429, "too many handshakes", reason, {"Retry-After": str(retry)})
+        try:
+            tenant_id, ticket, sid = parse_query(query)
+        except BadQuery as exc:
+            return self._reject(unknown, 400, str(exc), "bad_request")
+        tenant = gw.tenants.get(tenant_id)
+        if tenant is None:
+            return self._reject(unknown, 400, "unknown tenant", "unknown_tenant")
+        stats = tenant.stats
+        limit = tenant.limits.max_sessions_total
+        if limit and tenant.sessions.count >= limit:
+            return self._reject(stats, 503, "tenant at max_sessions_total", "tenant_full", {"Retry-After": "1"})
+        auth = tenant.authenticator
+        if auth.deferred:
+            user, exp = None, None
+        else:
+            try:
+                user, exp = auth.authenticate(ticket)
+            except AuthError:
+                return self._reject(stats, 401, "ticket rejected", "auth_failed")
+        stats.count_upgrade(101, None)
+        return gw.new_session(tenant, user, sid, ip, exp, ticket if auth.deferred else None)
+
+
+def peer_ip(proto) -> str:
+    try:
+        peer = proto.transport.underlying_transport.get_extra_info("peername")
+    except AttributeError:
+        return ""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return ""

@@ -1,0 +1,52 @@
+"""The picows server on `gateway.listen`.
+
+We build picows' `WSProtocol` ourselves (through `loop.create_server`) instead of
+calling `ws_create_server`, so the router can reach the connection's transport and its
+peer address: picows' `WSUpgradeRequest` carries no peer address (PICOWS-NOTES).
+"""
+import asyncio
+import logging
+
+from picows import WSAutoPingStrategy
+from picows.picows import WSProtocol
+
+HANDSHAKE_TIMEOUT = 5.0        # seconds for a client to send its whole upgrade request
+READ_BUFFER_INIT = 4096        # picows' per-connection read buffer (grows for big frames)
+
+# A LoggerAdapter stops picows from creating a child logger per connection.
+_picows_logger = logging.LoggerAdapter(logging.getLogger("wsprism.picows"), {})
+
+
+def transport_frame_limit(config) -> int:
+    """picows' own frame limit: twice the largest tenant limit. Frames between a
+    tenant's limit and this get PAYLOAD_TOO_LARGE + 1009 from us; bigger ones are cut
+    by picows with 1009 alone, before they are buffered."""
+    return 2 * max(t.limits.max_frame_bytes for t in config.tenants) + 1024
+
+
+async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: bool = False):
+    loop = asyncio.get_running_loop()
+    router = gateway.router
+    max_frame = transport_frame_limit(gateway.config)
+
+    def protocol_factory():
+        proto = None
+
+        def listener_factory(request):
+            return router(request, proto)
+
+        proto = WSProtocol(
+            None, None, False, listener_factory, _picows_logger,
+            True,                       # disconnect_on_exception
+            HANDSHAKE_TIMEOUT,
+            False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,   # our own liveness
+            True,                       # auto pong
+            max_frame,
+            None,
+            READ_BUFFER_INIT,
+        )
+        return proto
+
+    return await loop.create_server(
+        protocol_factory, host or None, port, ssl=ssl, reuse_port=reuse_port or None, backlog=4096,
+    )

@@ -87,6 +87,9 @@ class Router:
         if not _is_upgrade(headers):
             return self._reject(unknown, 426, "upgrade required: this endpoint speaks WebSocket", "not_upgrade",
                                 {"Upgrade": "websocket"})
+        connection = headers.get("Connection", "")
+        if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
+            headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
         try:
             _validate_upgrade_request(request)
         except RuntimeError:

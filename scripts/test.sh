@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the tests need, then runs them. README's test command; .ci/run calls it.
+#   bash scripts/test.sh            default suite (< 5 min on 2 cores)
+#   bash scripts/test.sh -m slow    the soak/load tests instead
+# Outside an active virtualenv it creates and uses ./.venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# redis-server: the scale-out tests start a real one (installed with apt-get where missing)
+if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python -m pip install -q --upgrade pip
+python -m pip install -q -e ".[test]"
+python -m wsprism version
+python -m pytest "$@"

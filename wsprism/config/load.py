@@ -72,9 +72,9 @@ def _load_yaml(text: str):
         mark = e.problem_mark or e.context_mark
         problem = e.problem or e.context or "invalid YAML"
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(DOC, f"YAML syntax error{where}: {problem}") from None
+        raise ConfigError(DOC, f"invalid YAML{where}: {problem}") from None
     except yaml.YAMLError as e:  # e.g. a control character in the text
-        raise ConfigError(DOC, f"YAML error: {e}") from None
+        raise ConfigError(DOC, f"invalid YAML: {e}") from None
 
 
 def _yaml_type(value) -> str:
@@ -116,7 +116,7 @@ def _translate(message: str, raw: dict) -> ConfigError:
         reason = f"expected {_words(found[1])}, got {_words(found[2])}"
         if found[2] == "null" and found[1] == "object":
             reason += " (an empty section: add keys under it or remove it)"
-        elif found[2] == "int" and re.search(r"_allowlist\[\d+\]$", path):
+        elif found[2] == "int" and re.search(r"hot_allowlist\[\d+\]$", path):
             reason += ' (quote entries like "2:10": unquoted, YAML reads them as base-60 numbers)'
         return ConfigError(path, reason)
     return ConfigError(path or DOC, msg[:1].lower() + msg[1:])

@@ -28,10 +28,11 @@ __all__ = [
 ]
 
 MIB = 1024 * 1024
+INT64_MAX = 2**63 - 1  # counts end up in C integers on the fast path
 
 NonEmptyStr = Annotated[str, Meta(min_length=1)]
-Positive = Annotated[int, Meta(gt=0)]
-NonNegative = Annotated[int, Meta(ge=0)]
+Positive = Annotated[int, Meta(gt=0, le=INT64_MAX)]
+NonNegative = Annotated[int, Meta(ge=0, le=INT64_MAX)]
 Rate = Annotated[float, Meta(gt=0)]  # YAML ints are accepted; validate.py rejects .inf
 TimeoutMs = Annotated[int, Meta(ge=1, le=60_000)]
 
@@ -121,7 +122,7 @@ class SessionsPolicy(_Section, kw_only=True):
     """How many sessions one user may hold, and what happens past that."""
 
     mode: Literal["single", "multi"] = "multi"
-    max_sessions_per_user: Annotated[int, Meta(ge=1)] = 4
+    max_sessions_per_user: Positive = 4
     on_exceed: Literal["deny", "kick_oldest"] = "deny"
 
 
@@ -129,7 +130,7 @@ class HistoryConfig(_Section, kw_only=True):
     """Per-room message history for recovery after a reconnect."""
 
     size: Annotated[int, Meta(ge=1, le=100_000)] = 100
-    ttl_ms: Annotated[int, Meta(ge=1_000)] = 300_000
+    ttl_ms: Annotated[int, Meta(ge=1_000, le=INT64_MAX)] = 300_000
 
 
 class Policy(_Section, kw_only=True):
@@ -172,7 +173,7 @@ class ServiceConfig(_Section, kw_only=True):
 
     webhook: NonEmptyStr
     timeout_ms: TimeoutMs = 2_000
-    max_inflight_per_session: Annotated[int, Meta(ge=1)] = 16
+    max_inflight_per_session: Positive = 16
 
 
 class TenantConfig(_Section, kw_only=True):

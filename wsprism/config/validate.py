@@ -105,7 +105,8 @@ def _check_gateway(gw: GatewayConfig, has_broker: bool) -> None:
     if gw.workers > 1 and not has_broker:
         raise ConfigError(
             "gateway.workers",
-            f"{gw.workers} workers need a shared broker: add a top-level `broker: {{url: redis://...}}` or set workers: 1",
+            f"{gw.workers} workers need a shared broker: "
+            "add a top-level `broker: {url: redis://...}` or set workers: 1",
         )
     hl = gw.handshake_limit
     _check_finite(hl.global_rps, "gateway.handshake_limit.global_rps")

@@ -1,0 +1,258 @@
+"""The servers a bench drives: the gateway (spawned or already running) and the baselines.
+
+A spawned server gets a free port on 127.0.0.1, its output goes to a temporary log
+file (so a full pipe can never block it), and it is stopped with SIGTERM, then SIGKILL.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import psutil
+
+import wsprism
+
+REPO_ROOT = Path(wsprism.__file__).resolve().parent.parent
+BASELINE_DIR = REPO_ROOT / "benches" / "baselines"
+BASELINES = {"picows": "picows_server.py", "websockets": "websockets_server.py"}
+START_TIMEOUT = 30.0
+
+
+class TargetError(Exception):
+    """A target could not be started or reached; the message is one line."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def url_template(base: str, tenant: str, ticket: str) -> str:
+    """The per-connection URL; `{i}` is replaced by the connection's number.
+
+    A URL that already carries a ticket is used as is for every connection.
+    """
+    parts = urlsplit(base)
+    query = parse_qs(parts.query)
+    if "ticket" in query:
+        return base
+    path = parts.path if parts.path not in ("", "/") else "/v1/ws"
+    pairs = [(k, v) for k, vs in query.items() for v in vs]
+    if "tenant" not in query:
+        pairs.append(("tenant", tenant))
+    q = urlencode(pairs, safe=":")
+    q += ("&" if q else "") + "ticket=" + ticket
+    return urlunsplit((parts.scheme or "ws", parts.netloc, path, q, ""))
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+class Target:
+    """Where the load goes."""
+
+    name = "target"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def restart(self) -> None:
+        pass
+
+    @property
+    def spawned(self) -> bool:
+        return False
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    def process(self) -> psutil.Process | None:
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            return psutil.Process(pid)
+        except psutil.Error:
+            return None
+
+    def alive(self) -> bool:
+        return True
+
+    def death_note(self) -> str:
+        return "server is gone"
+
+    def url(self, tenant: str, ticket: str) -> str:
+        raise NotImplementedError
+
+
+class ExternalTarget(Target):
+    """A server someone else runs: `--url`, with `--server-pid` when known."""
+
+    def __init__(self, name: str, url: str, pid: int | None) -> None:
+        super().__init__(name)
+        self._url = url
+        self._pid = pid
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+    def alive(self) -> bool:
+        if self._pid is None:
+            return True
+        try:
+            p = psutil.Process(self._pid)
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def death_note(self) -> str:
+        return f"server pid {self._pid} is gone"
+
+    def url(self, tenant: str, ticket: str) -> str:
+        return url_template(self._url, tenant, ticket)
+
+
+class SpawnedTarget(Target):
+    """A server process we start on a free port and stop at the end."""
+
+    def __init__(self, name: str, kind: str, config: str | None = None) -> None:
+        super().__init__(name)
+        self.kind = kind  # "gateway" or a baseline name
+        self.config = config
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.log_path = ""
+        self._cfg_path = ""
+
+    @property
+    def spawned(self) -> bool:
+        return True
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def _command(self) -> list[str]:
+        if self.kind == "gateway":
+            return [sys.executable, "-m", "wsprism", "start", "--config", self._write_config()]
+        script = BASELINE_DIR / BASELINES[self.kind]
+        if not script.exists():
+            raise TargetError(f"baseline server not found: {script}")
+        return [sys.executable, str(script), "--port", str(self.port)]
+
+    def _write_config(self) -> str:
+        """A temporary copy of the gateway config listening on our free port."""
+        import yaml
+
+        try:
+            with open(self.config, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except OSError as exc:
+            raise TargetError(f"cannot read config {self.config}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise TargetError(f"config {self.config} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise TargetError(f"config {self.config} is not a mapping")
+        gateway = data.setdefault("gateway", {}) or {}
+        data["gateway"] = gateway
+        gateway["listen"] = f"127.0.0.1:{self.port}"
+        fd, path = tempfile.mkstemp(prefix="wsprism-bench-", suffix=".yaml")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+        self._cfg_path = path
+        return path
+
+    def start(self) -> None:
+        self.port = free_port()
+        cmd = self._command()
+        fd, self.log_path = tempfile.mkstemp(prefix=f"wsprism-bench-{self.name}-", suffix=".log")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, preexec_fn=_raise_fd_limit, start_new_session=True)
+        os.close(fd)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TargetError(f"{self.name} did not start: {self.death_note()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise TargetError(f"{self.name} did not listen on port {self.port} within {START_TIMEOUT:.0f} s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self._cfg_path:
+            try:
+                os.unlink(self._cfg_path)
+            except OSError:
+                pass
+            self._cfg_path = ""
+        self._last_proc = proc
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                tail = [ln.strip() for ln in f.read().splitlines() if ln.strip()][-lines:]
+        except OSError:
+            return ""
+        return " | ".join(tail)
+
+    def death_note(self) -> str:
+        proc = self.proc or getattr(self, "_last_proc", None)
+        code = proc.poll() if proc is not None else None
+        tail = self.log_tail(1)
+        what = f"exited with code {code}" if code is not None else "is not running"
+        return f"{self.name} {what}" + (f": {tail}" if tail else "")
+
+    def url(self, tenant: str, ticket: str) -> str:
+        return url_template(f"ws://127.0.0.1:{self.port}/v1/ws", tenant, ticket)
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.log_path:
+            try:
+                os.unlink(self.log_path)
+            except OSError:
+                pass

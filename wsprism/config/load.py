@@ -97,12 +97,13 @@ def _translate(message: str, raw: dict) -> ConfigError:
     m = _AT_RE.fullmatch(message)
     msg, where = m["msg"], m["where"] or ""
     path, value, info = _walk(where, raw)
-    if m["key"]:
-        return ConfigError(path or DOC, "keys must be strings")
     if found := re.fullmatch(r"Object contains unknown field `(.+)`", msg):
         return ConfigError(_join(path, found[1]), "unknown key")
     if found := re.fullmatch(r"Object missing required field `(.+)`", msg):
         return ConfigError(_join(path, found[1]), "required key missing")
+    path = path or DOC
+    if m["key"]:
+        return ConfigError(path, "keys must be strings")
     if found := re.fullmatch(r"Invalid enum value (.+)", msg):
         allowed = ", ".join(str(v) for v in getattr(info, "values", ()))
         return ConfigError(path, f"invalid value {found[1]}" + (f" (expected one of: {allowed})" if allowed else ""))
@@ -119,7 +120,7 @@ def _translate(message: str, raw: dict) -> ConfigError:
         elif found[2] == "int" and re.search(r"hot_allowlist\[\d+\]$", path):
             reason += ' (quote entries like "2:10": unquoted, YAML reads them as base-60 numbers)'
         return ConfigError(path, reason)
-    return ConfigError(path or DOC, msg[:1].lower() + msg[1:])
+    return ConfigError(path, msg[:1].lower() + msg[1:])
 
 
 def _walk(where: str, raw: dict):

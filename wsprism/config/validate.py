@@ -29,7 +29,7 @@ class ConfigError(Exception):
         if reason is None:  # ConfigError("whole message")
             path, reason = "", path
         self.path = path
-        self.reason = " ".join(str(reason).split())
+        self.reason = " ".join(str(reason).splitlines())  # always one line
         super().__init__(f"{path}: {self.reason}" if path else self.reason)
 
 

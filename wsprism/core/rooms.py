@@ -42,13 +42,16 @@ class RoomTable:
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
-    def join(self, session, name: str) -> None:
-        """Add the session to the room and make it the session's active room."""
+    def join(self, session, name: str) -> bool:
+        """Add the session to the room and make it the session's active room.
+
+        True when this is the user's first session in the room (the caller announces
+        it with `announce_join` after answering the joiner)."""
         room = self.rooms.get(name)
         if room is not None and session in room.members:
             session.rooms.remove(name)
             session.rooms.append(name)
-            return
+            return False
         user = session.user
         limits = self.limits
         first_of_user = room is None or user not in room.users
@@ -68,7 +71,12 @@ class RoomTable:
         mine = self.user_rooms.setdefault(user, {})
         mine[name] = mine.get(name, 0) + 1
         session.rooms.append(name)
-        if first_of_user and self.presence_events:
+        return first_of_user
+
+    def announce_join(self, name: str, user: str) -> None:
+        """`room.user_joined` to every member, when the tenant has presence events on."""
+        room = self.rooms.get(name)
+        if room is not None and self.presence_events:
             self.broadcast(room, encode_message("room", "user_joined", name, {"user": user}))
 
     def leave(self, session, name: str) -> bool:

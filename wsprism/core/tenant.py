@@ -7,7 +7,7 @@ stays.
 from ..auth import make_authenticator
 from ..ops.metrics import TenantStats
 from ..policy.allowlist import ExtAllowlist, HotAllowlist
-from ..policy.ratelimit import new_tenant_bucket
+from ..policy.ratelimit import new_session_bucket, new_tenant_bucket
 from .registry import SessionRegistry
 from .rooms import RoomTable
 
@@ -50,4 +50,14 @@ class TenantRuntime:
             self.bucket.configure(policy.rate_limit_rps, policy.rate_limit_burst)
         else:
             self.bucket = new_tenant_bucket(policy)
+        if self.generation:
+            self._rebucket_sessions(policy)
         self.generation += 1
+
+    def _rebucket_sessions(self, policy) -> None:
+        """On reload, live sessions take the new rate limit at their next message."""
+        for session in self.sessions.all_sessions():
+            if session.bucket is not None and policy.rate_limit_scope != "tenant":
+                session.bucket.configure(policy.rate_limit_rps, policy.rate_limit_burst)
+            else:
+                session.bucket = new_session_bucket(policy)

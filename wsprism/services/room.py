@@ -9,11 +9,14 @@ from .base import ServiceError, require_room
 
 def join(session, env) -> None:
     room = require_room(env)
+    rooms = session.tenant.rooms
     try:
-        session.tenant.rooms.join(session, room)
+        first_of_user = rooms.join(session, room)
     except RoomError as exc:
         raise ServiceError(exc.code, exc.msg) from None
     session.send(encode_sys("joined", room))
+    if first_of_user:
+        rooms.announce_join(room, session.user)
 
 
 def leave(session, env) -> None:

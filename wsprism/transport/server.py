@@ -27,7 +27,6 @@ def transport_frame_limit(config) -> int:
 async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: bool = False):
     loop = asyncio.get_running_loop()
     router = gateway.router
-    max_frame = transport_frame_limit(gateway.config)
 
     def protocol_factory():
         proto = None
@@ -41,7 +40,7 @@ async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: b
             HANDSHAKE_TIMEOUT,
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,   # our own liveness
             True,                       # auto pong
-            max_frame,
+            transport_frame_limit(gateway.config),   # follows reloads
             None,
             READ_BUFFER_INIT,
         )

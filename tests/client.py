@@ -98,3 +98,81 @@ UPGRADE_HEADERS = {
 
 def run(coro):
     return asyncio.run(coro)
+
+
+# --- raw sockets: clients that misbehave on purpose ----------------------------------
+
+def raw_upgrade(port: int, query: str, rcvbuf: int | None = None, timeout: float = TIMEOUT) -> socket.socket:
+    """Open a WebSocket with a bare socket (no library answering pings or reading for us).
+    Returns the socket positioned right after the 101 response headers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
+    lines = [f"GET /v1/ws?{query} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{k}: {v}" for k, v in UPGRADE_HEADERS.items()]
+    s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            raise ConnectionError("closed during upgrade")
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def read_frames(s: socket.socket, timeout: float) -> list[tuple[int, bytes]]:
+    """Read server frames (opcode, payload) until the socket closes or `timeout` passes."""
+    import time
+
+    s.settimeout(0.2)
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = s.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    frames = []
+    while len(buf) >= 2:
+        op, n = buf[0] & 0x0F, buf[1] & 0x7F
+        pos = 2
+        if n == 126:
+            n, pos = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            n, pos = int.from_bytes(buf[2:10], "big"), 10
+        if len(buf) < pos + n:
+            break
+        frames.append((op, buf[pos:pos + n]))
+        buf = buf[pos + n:]
+    return frames
+
+
+def mask_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client frame (masked, as RFC 6455 requires)."""
+    import os as _os
+
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    key = _os.urandom(4)
+    return head + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+
+
+def close_code_of(frames) -> int | None:
+    for op, payload in frames:
+        if op == 8 and len(payload) >= 2:
+            return int.from_bytes(payload[:2], "big")
+    return None

@@ -23,7 +23,20 @@ log = logging.getLogger("wsprism.gateway")
 
 KICK_REPLACED = encode_sys("kicked", data={"reason": "replaced"})
 KICK_EXCEEDED = encode_sys("kicked", data={"reason": "max_sessions_exceeded"})
-RESTART_KEYS = ("listen", "workers", "tls")
+
+
+def restart_changes(old, new):
+    """(key, old, new) for each changed setting that only a restart applies."""
+    og, ng = old.gateway, new.gateway
+    pairs = [
+        ("gateway.listen", og.listen, ng.listen),
+        ("gateway.workers", og.workers, ng.workers),
+        ("gateway.tls", og.tls, ng.tls),
+        ("gateway.api.listen", og.api and og.api.listen, ng.api and ng.api.listen),
+        ("gateway.api.tls", og.api and og.api.tls, ng.api and ng.api.tls),
+        ("broker.url", old.broker and old.broker.url, new.broker and new.broker.url),
+    ]
+    return [(k, a, b) for k, a, b in pairs if a != b]
 
 
 class Gateway:
@@ -188,11 +201,8 @@ class Gateway:
         """Apply a new config: tenants' limits and policies change for the next check."""
         old_gw = self.config.gateway
         new_gw = new_config.gateway
-        for key in RESTART_KEYS:
-            if getattr(old_gw, key) != getattr(new_gw, key):
-                log.warning("gateway.%s changed: needs a restart to take effect", key)
-        if (old_gw.api and old_gw.api.listen) != (new_gw.api and new_gw.api.listen):
-            log.warning("gateway.api.listen changed: needs a restart to take effect")
+        for key, old, new in restart_changes(self.config, new_config):
+            log.warning("%s changed: needs a restart to take effect", key)
         # build everything first so nothing is half-applied
         staged = {}
         for tcfg in new_config.tenants:

@@ -13,6 +13,7 @@ from .targets import BASELINES, ExternalTarget, SpawnedTarget, Target, TargetErr
 
 SCENARIOS = ("connect", "ping", "chat", "hot", "idle")
 DEFAULT_CONNS = {"connect": 50, "ping": 100, "chat": 100, "hot": 100, "idle": 1000}
+DEFAULT_ROOM_RATE = 20.0
 GATEWAY_NAME = "wsprism"
 
 EPILOG = """\
@@ -21,7 +22,7 @@ scenarios:
   ping     sys:ping -> pong round trips; closed loop with --inflight per connection,
            or open loop with --rate pings/s per connection
   chat     every connection joins one room; --senders send chat:send at --rate each
-           (0 = as fast as a window of --inflight own messages allows)
+           (open loop; sweep --rate to find saturation)
   hot      the same over the Hot Lane (binary relay, lossy)
   idle     server RSS per idle connection at --conns
 
@@ -88,12 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--conns", type=int, help="connections in all (connect: concurrent slots); "
                       "default " + ", ".join(f"{k} {v}" for k, v in DEFAULT_CONNS.items()))
     load.add_argument("--procs", type=int, default=1, help="client processes (default 1)")
-    load.add_argument("--rate", type=_floats, default=[0.0],
-                      help="offered load, 0 = closed loop: chat/hot msgs/s per sender, ping pings/s per "
-                           "connection, connect sessions/s in all (comma list; default 0)")
+    load.add_argument("--rate", type=_floats,
+                      help="offered load (open loop): chat/hot msgs/s per sender (default 20), ping pings/s "
+                           "per connection, connect sessions/s in all; 0 = closed loop (ping, connect; "
+                           "their default). Comma list")
     load.add_argument("--inflight", type=_ints, default=[1],
-                      help="closed loop: pings in flight per connection, or own messages in flight per "
-                           "chat/hot sender (comma list; default 1)")
+                      help="closed-loop ping: pings in flight per connection (comma list; default 1)")
     load.add_argument("--senders", type=int, default=1, help="chat/hot senders (default 1)")
     load.add_argument("--size", type=int, default=32, help="chat msg text / hot payload bytes (default 32)")
     timing = ap.add_argument_group("timing")
@@ -124,6 +125,9 @@ def _check(ap: argparse.ArgumentParser, args) -> None:
         ap.error("--conns must be at least 1")
     if args.size < 12 or args.size > 60000:
         ap.error("--size must be 12..60000 bytes")
+    if args.rate is not None and any(s in ("chat", "hot") for s in args.scenario) \
+            and not any(r > 0 for r in args.rate):
+        ap.error("chat and hot are open loop: give --rate > 0 (messages/s per sender)")
     if args.duration <= 0 or args.warmup < 0 or args.drain < 0 or args.connect_timeout <= 0:
         ap.error("--duration and --connect-timeout must be > 0, --warmup and --drain >= 0")
 
@@ -132,9 +136,14 @@ def build_cases(args) -> list[Case]:
     cases = []
     for scen in args.scenario:
         conns = args.conns or DEFAULT_CONNS[scen]
-        rates = [0.0] if scen == "idle" else args.rate
+        if scen == "idle":
+            rates = [0.0]
+        elif args.rate is None:
+            rates = [DEFAULT_ROOM_RATE] if scen in ("chat", "hot") else [0.0]
+        else:
+            rates = [r for r in args.rate if r > 0 or scen not in ("chat", "hot")]
         for rate in rates:
-            inflights = args.inflight if rate <= 0 and scen in ("ping", "chat", "hot") else [args.inflight[0]]
+            inflights = args.inflight if rate <= 0 and scen == "ping" else [args.inflight[0]]
             for inflight in inflights:
                 cases.append(Case(
                     scenario=scen, conns=conns, procs=args.procs, rate=rate, inflight=inflight,
@@ -174,6 +183,8 @@ def _progress(i: int, n: int, res: dict) -> str:
         parts.append(f"{srv['cpu_us_per_msg']:.2f}µs/msg")
     if cli.get("cpu_pct_max") is not None:
         parts.append(f"cli {cli['cpu_pct_max']:.0f}%")
+    if res.get("host_cpu_pct") is not None:
+        parts.append(f"host {res['host_cpu_pct']:.0f}%")
     if res.get("drops"):
         parts.append(f"drops {res['drops']}")
     if res.get("errors"):
@@ -244,10 +255,16 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         print("wsprism bench: interrupted", file=sys.stderr)
     finally:
+        failed_targets = {r["target"] for r in results if r.get("error") or r.get("errors")}
         for t in targets:
             try:
-                cleanup = getattr(t, "cleanup", t.stop)
-                cleanup()
+                if isinstance(t, SpawnedTarget):
+                    keep = t.name in failed_targets and t.log_path
+                    t.cleanup(keep_log=bool(keep))
+                    if keep:
+                        print(f"wsprism bench: {t.name} server log kept in {t.log_path}", file=sys.stderr)
+                else:
+                    t.stop()
             except Exception:  # noqa: BLE001 - stopping must never mask the results
                 pass
         if json_file:

@@ -102,6 +102,7 @@ class TargetRow:
     cells: dict = field(default_factory=dict)  # metric name -> Cell
     errors: list = field(default_factory=list)
     client_limited: int = 0
+    host_full: int = 0
 
 
 @dataclass
@@ -135,6 +136,8 @@ def summarize(results: list[dict]) -> list[CaseSummary]:
                     row.errors.append(", ".join(f"{k} x{v}" for k, v in sorted(r["errors"].items())))
                 if (r.get("client") or {}).get("limited"):
                     row.client_limited += 1
+                elif r.get("host_full"):
+                    row.host_full += 1
             for m in metrics:
                 vals = [v for v in (m.get(r) for r in good) if v is not None]
                 row.cells[m.name] = Cell(statistics.median(vals), min(vals), max(vals)) if vals \
@@ -177,6 +180,8 @@ def _note(row: TargetRow) -> str:
     notes = []
     if row.client_limited:
         notes.append(f"client-limited ({row.client_limited}/{row.runs})")
+    if row.host_full:
+        notes.append(f"host CPU full ({row.host_full}/{row.runs})")
     if row.failed:
         notes.append(f"failed {row.failed}/{row.runs}: {row.errors[0]}")
     elif row.errors:
@@ -264,3 +269,47 @@ def render_markdown(summaries: list[CaseSummary], spread: bool = True) -> str:
             out.append("Ratios of medians: " + "; ".join(rl) + ".")
         out.append("")
     return "\n".join(out)
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on: cores, CPU, Python and the libraries in play."""
+    import importlib.metadata as md
+    import platform
+
+    import psutil
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        from wsprism import __version__ as wsprism_version
+        from wsprism._fast import USING_EXTENSIONS as compiled
+    except ImportError:
+        wsprism_version, compiled = None, None
+    return {
+        "cpu": cpu,
+        "cores_logical": psutil.cpu_count(),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "wsprism": wsprism_version,
+        "wsprism_compiled": compiled,
+        "picows": version("picows"),
+        "uvloop": version("uvloop"),
+        "aiofastnet": version("aiofastnet"),
+        "websockets": version("websockets"),
+        "psutil": version("psutil"),
+    }

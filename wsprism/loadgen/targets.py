@@ -225,7 +225,7 @@ class SpawnedTarget(Target):
         self._last_proc = proc
 
     def restart(self) -> None:
-        self.stop()
+        self.cleanup()
         self.start()
 
     def alive(self) -> bool:
@@ -249,9 +249,9 @@ class SpawnedTarget(Target):
     def url(self, tenant: str, ticket: str) -> str:
         return url_template(f"ws://127.0.0.1:{self.port}/v1/ws", tenant, ticket)
 
-    def cleanup(self) -> None:
+    def cleanup(self, keep_log: bool = False) -> None:
         self.stop()
-        if self.log_path:
+        if self.log_path and not keep_log:
             try:
                 os.unlink(self.log_path)
             except OSError:

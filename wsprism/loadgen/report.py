@@ -55,10 +55,12 @@ def metrics_for(scenario: str) -> list[Metric]:
             Metric("KB/conn", _get("server.rss_per_conn_kb"), "kb", spread=True),
             srv_cpu,
         ]
+    unit = "ms" if scenario == "connect" else "us"
+    label = "ms" if scenario == "connect" else "µs"
     lat = [
-        Metric("p50", _get("lat_us.p50"), "ms" if scenario == "connect" else "us"),
-        Metric("p99", _get("lat_us.p99"), "ms" if scenario == "connect" else "us", spread=True),
-        Metric("p999", _get("lat_us.p999"), "ms" if scenario == "connect" else "us"),
+        Metric(f"p50 {label}", _get("lat_us.p50"), unit),
+        Metric(f"p99 {label}", _get("lat_us.p99"), unit, spread=True),
+        Metric(f"p999 {label}", _get("lat_us.p999"), unit),
     ]
     if scenario == "connect":
         return [
@@ -161,7 +163,7 @@ def fmt_value(v: float | None, kind: str) -> str:
     if kind == "us":
         return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
     if kind == "ms":
-        return f"{v / 1000:.2f}ms"
+        return f"{v / 1000:.2f}"
     if kind == "pct":
         return f"{v:.1f}" if v < 10 else f"{v:.0f}"
     if kind in ("mb", "kb"):

@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--server-pid", type=int, help="pid of the gateway at --url, for its CPU and RSS")
     where.add_argument("--spawn", metavar="CONFIG",
                        help="start the gateway (python -m wsprism start) with this config on a free port")
-    where.add_argument("--baseline", nargs="?", const="picows,websockets", type=_baselines, metavar="KINDS",
-                       help="also run bare baseline servers (default both: picows,websockets)")
+    where.add_argument("--baseline", action="store_true",
+                       help="also run the bare baseline servers of benches/baselines/ (picows and websockets)")
+    where.add_argument("--baselines", type=_baselines, metavar="KINDS",
+                       help="like --baseline, with a choice: picows, websockets or both (comma list)")
     where.add_argument("--tenant", default="bench", help="tenant query value (default bench)")
     where.add_argument("--ticket", default="dev:u{i}",
                        help="ticket per connection, {i} = connection number (default dev:u{i})")
@@ -112,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(ap: argparse.ArgumentParser, args) -> None:
-    if not (args.url or args.spawn or args.baseline):
+    if args.baseline and not args.baselines:
+        args.baselines = list(BASELINES)
+    if not (args.url or args.spawn or args.baselines):
         ap.error("nothing to drive: give --url, --spawn CONFIG or --baseline")
     if args.url and args.spawn:
         ap.error("--url and --spawn exclude each other")
@@ -166,7 +170,7 @@ def build_targets(args) -> list[Target]:
         targets.append(ExternalTarget(GATEWAY_NAME, args.url, args.server_pid))
     if args.spawn:
         targets.append(SpawnedTarget(GATEWAY_NAME, "gateway", config=args.spawn))
-    for kind in args.baseline or []:
+    for kind in args.baselines or []:
         targets.append(SpawnedTarget(kind, kind))
     return targets
 

@@ -6,15 +6,14 @@ talks to the coordinator over a pipe in three steps:
 
 1. it connects (and joins the room for chat/hot), then sends ``("ready", info)``;
 2. it receives ``("go", times)`` with the shared monotonic instants ``t_start``
-   (traffic starts), ``m0``/``m1`` (the measurement window) and ``members``,
-   or ``("stop", None)``;
+   (traffic starts) and ``m0``/``m1`` (the measurement window), or ``("stop", None)``;
 3. it drives traffic until ``m1``, waits for stragglers, closes its connections and
    sends ``("result", stats)``.
 
 Every message that matters carries its send time (``time.monotonic_ns()``, one
-clock for every process on the machine). A message counts when its send time lies
-in ``[m0, m1)``, wherever and whenever it arrives, so warm-up and drain never leak
-into the figures.
+clock for every process on the machine). Latency and drops follow the messages sent
+in ``[m0, m1)``, wherever and whenever they arrive; throughput counts what arrives in
+``[m0, m1)``. Warm-up and drain never leak into the figures.
 
 The per-frame handlers below are written for speed: they look at the first bytes
 of the payload instead of ``frame.msg_type`` (an enum lookup costs more than the rest),
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 
 from picows import WSCloseCode, WSHandshakeError, WSListener, WSMsgType, ws_connect
 
-from .hist import COARSE_N, COARSE_SHIFT, FINE_N, FINE_SHIFT, LatencyHist
+from .hist import FINE_N, FINE_SHIFT, LatencyHist
 
 TEXT = WSMsgType.TEXT
 BINARY = WSMsgType.BINARY
@@ -71,8 +70,14 @@ class WorkerSpec:
     index: int = 0
 
 
+class ServerError(Exception):
+    """The server answered with a `sys.error` (the message is its code and text)."""
+
+
 def describe(exc: BaseException) -> str:
     """One short line for an exception raised while connecting or talking."""
+    if isinstance(exc, ServerError):
+        return str(exc)
     if isinstance(exc, WSHandshakeError):
         resp = getattr(exc, "response", None)
         if resp is not None:
@@ -131,12 +136,15 @@ class Worker:
         self.loop.add_reader(fd, ready.set)
         try:
             await asyncio.wait_for(ready.wait(), timeout)
-            return self.pipe.recv()
-        except (asyncio.TimeoutError, EOFError, OSError):
+        except asyncio.TimeoutError:
             return ("stop", None)
         finally:
             self.loop.remove_reader(fd)
             os.set_blocking(fd, True)  # the event loop made it non-blocking; results are big
+        try:
+            return self.pipe.recv()
+        except (EOFError, OSError):
+            return ("stop", None)
 
     # -- connections -----------------------------------------------------------------
 
@@ -274,6 +282,7 @@ class BenchConn(WSListener):
         self.recv_total = 0
         self.inbox: deque[bytes] = deque(maxlen=8)  # control messages nobody waited for yet
         self.failed = ""  # a sys.error nobody waited for yet
+        self.on_gone: asyncio.Future | None = None
 
     # picows calls these
     def on_ws_connected(self, transport) -> None:
@@ -284,6 +293,8 @@ class BenchConn(WSListener):
 
     def on_ws_disconnected(self, transport) -> None:
         self.gone = True
+        if self.on_gone is not None and not self.on_gone.done():
+            self.on_gone.set_result(None)
         if not self.closing and self.w.phase != "closing":
             self.w.lost += 1
             self.w.error("connection lost")
@@ -304,7 +315,7 @@ class BenchConn(WSListener):
                 return
         if self.failed:
             what, self.failed = self.failed, ""
-            raise RuntimeError(what)
+            raise ServerError(what)
         if self.gone:
             raise ConnectionError("connection closed")
         self.want = marker
@@ -348,7 +359,7 @@ class BenchConn(WSListener):
             self.w.error(what)
             if self.waiter is None:
                 self.failed = what
-            self._settle(RuntimeError(what))
+            self._settle(ServerError(what))
 
 
 def _error_code(payload: bytes) -> str:
@@ -590,8 +601,9 @@ async def run_connect(w: Worker) -> None:
 
 
 async def _closed(conn: BenchConn) -> None:
-    while not conn.gone:
-        await asyncio.sleep(0.005)
+    if not conn.gone:
+        conn.on_gone = conn.w.loop.create_future()
+        await conn.on_gone
 
 
 # -- worker entry ---------------------------------------------------------------------

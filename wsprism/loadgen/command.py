@@ -194,6 +194,8 @@ def _progress(i: int, n: int, res: dict) -> str:
         parts.append(f"{srv['cpu_us_per_msg']:.2f}µs/msg")
     if cli.get("cpu_pct_max") is not None:
         parts.append(f"cli {cli['cpu_pct_max']:.0f}%")
+    if res.get("skipped"):
+        parts.append(f"{res['skipped']} attempts skipped (all slots busy)")
     if res.get("host_cpu_pct") is not None:
         parts.append(f"host {res['host_cpu_pct']:.0f}%")
     if res.get("drops"):

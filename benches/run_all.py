@@ -47,7 +47,7 @@ SUITE = [
     ("ping", ["--conns", "100", "--rate", "100,0", "--inflight", "1,16"]),
     ("chat", ["--conns", "1000", "--rate", "20,50,100,150"]),
     ("hot", ["--conns", "1000", "--rate", "20,50,100,150"]),
-    ("idle", ["--conns", "5000"]),
+    ("idle", ["--conns", "5000", "--warmup", "0", "--duration", "1"]),  # holding time only
 ]
 FIXED = {"connect": 200.0, "ping": 100.0, "chat": 20.0, "hot": 20.0}
 GATEWAY = "wsprism"
@@ -56,13 +56,13 @@ GATEWAY = "wsprism"
 def run_suite(out: Path, quick: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"kind": "machine", "time": _now(), **machine_info()}) + "\n")
+        f.write(json.dumps({"kind": "machine", "time": _now(), "quick": quick, **machine_info()}) + "\n")
     timing = ["--repeat", "1", "--duration", "1", "--warmup", "0.3"] if quick else \
         ["--repeat", "3", "--duration", "2", "--warmup", "0.5"]
-    for scenario, extra in SUITE:
+    for scenario, extra in SUITE:  # a scenario's own timing options come last and win
         t0 = time.monotonic()
         print(f"== {scenario}", file=sys.stderr, flush=True)
-        bench([scenario, "--spawn", str(CONFIG), "--baseline", *timing, *extra, "--json", str(out), "--quiet"])
+        bench([scenario, "--spawn", str(CONFIG), "--baseline", *timing, *extra, "--json", str(out)])
         print(f"   {scenario}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
@@ -167,8 +167,9 @@ def render(machine: dict, runs: list[dict]) -> str:
     summaries = summarize(runs)
     out = [START, ""]
     when = machine.get("time", "")
-    out.append(f"Measured {when[:10]} with `python benches/run_all.py` "
-               f"({len(runs)} runs; raw results in `benches/results/latest.jsonl`).")
+    how = "python benches/run_all.py" + (" --quick" if machine.get("quick") else "")
+    out.append(f"Measured {when[:10]} with `{how}` ({len(runs)} runs; raw results in "
+               f"`benches/results/latest.jsonl`).")
     out.append("")
     out.append("| machine | |")
     out.append("|---|---|")
@@ -177,8 +178,8 @@ def render(machine: dict, runs: list[dict]) -> str:
     out.append(f"| OS | {machine.get('os', '?')} |")
     out.append(f"| Python | {machine.get('python', '?')} |")
     compiled = machine.get("wsprism_compiled")
-    out.append(f"| wsprism | {machine.get('wsprism', '?')}, compiled fast path "
-               f"{'active' if compiled else 'inactive' if compiled is not None else '?'} |")
+    out.append(f"| wsprism | {machine.get('wsprism', '?')} at commit `{machine.get('commit') or '?'}`, "
+               f"compiled fast path {'active' if compiled else 'inactive' if compiled is not None else '?'} |")
     libs = ", ".join(f"{k} {machine[k]}" for k in ("picows", "uvloop", "aiofastnet", "websockets", "psutil")
                      if machine.get(k))
     out.append(f"| libraries | {libs} |")

@@ -301,6 +301,7 @@ def machine_info() -> dict:
     except ImportError:
         wsprism_version, compiled = None, None
     return {
+        "commit": _git_commit(),
         "cpu": cpu,
         "cores_logical": psutil.cpu_count(),
         "cores_physical": psutil.cpu_count(logical=False),
@@ -315,3 +316,21 @@ def machine_info() -> dict:
         "websockets": version("websockets"),
         "psutil": version("psutil"),
     }
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit, with "+dirty" when wsprism/ has uncommitted changes."""
+    import subprocess
+    from pathlib import Path
+
+    import wsprism
+
+    root = Path(wsprism.__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "wsprism"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) if head else None

@@ -8,9 +8,12 @@ import logging
 import time
 
 from .auth import AuthSetupError
+from .auth.webhook import WebhookRefused
+from .backend.http import HttpClient
+from .backend.metrics import backend_metrics
 from .core import codes
 from .core.envelope import encode_sys
-from .core.session import CLOSED, CLOSING, OPEN
+from .core.session import CLOSED, CLOSING, OPEN, PENDING
 from .core.tenant import TenantRuntime
 from .ops.metrics import TenantStats, make_registry
 from .policy.defender import Defender
@@ -55,6 +58,8 @@ class Gateway:
         self.metrics_registry = make_registry(self)
         self.high_water = g.outbound_high_water_bytes
         self.router = Router(self)
+        self.http = HttpClient()            # the one pooled client for webhooks (backend/http.py)
+        self.auth_outcomes: dict[tuple[str, str], int] = {}   # (tenant, outcome) of auth webhooks
         self._update_needs_ip()
 
     def _update_needs_ip(self) -> None:
@@ -65,8 +70,7 @@ class Gateway:
         """Called by the router once every pre-upgrade check passed."""
         tenant.sessions.reserve()
         conn = Connection(self, tenant, user, sid, ip, exp)
-        if deferred_ticket is not None:
-            conn.ticket_exp = deferred_ticket     # held until the webhook answers
+        conn.pending_ticket = deferred_ticket     # held until the auth webhook answers
         return conn
 
     def on_connected(self, session) -> None:
@@ -145,20 +149,66 @@ class Gateway:
             session.close_handle = None
         self._maybe_stopped()
 
-    # -- deferred (webhook) auth: wired by the backend integration ---------------------
+    # -- deferred (webhook) auth ------------------------------------------------------
     def start_deferred_auth(self, session) -> None:
-        session.state = OPEN
-        session.send_error(codes.AUTH_FAILED, "webhook auth is not available")
-        session.close(codes.CLOSE_AUTH_REFUSED, "auth refused")
+        """Ask the tenant's auth webhook, then admit (`authed`) or refuse (AUTH_FAILED,
+        close 4007). Until then the session is PENDING: frames it sends are dropped."""
+        self.http.spawn(self._deferred_auth(session, session.tenant.authenticator))
+
+    async def _deferred_auth(self, session, auth) -> None:
+        tenant = session.tenant
+        ticket, session.pending_ticket = session.pending_ticket, None
+        try:
+            ident = await auth.check(self.http, tenant.id, ticket, session.ip, session.sid)
+        except WebhookRefused as exc:
+            self._count_auth(tenant.id, exc.outcome)
+            log.debug('tenant "%s": auth webhook refused a session: %s', tenant.id, exc)
+            if session.state == PENDING:
+                session.state = OPEN          # so the error frame goes out
+                session.send_error(codes.AUTH_FAILED, "authentication refused")
+                session.close(codes.CLOSE_AUTH_REFUSED, "auth refused")
+            return
+        self._count_auth(tenant.id, "ok")
+        if session.state != PENDING:
+            return                            # the client left while we waited
+        if self.draining or self.tenants.get(tenant.id) is not tenant:
+            session.close(codes.CLOSE_DRAINING, "server draining")
+            return
+        session.user = ident.user
+        session.ticket_exp = ident.exp
+        self.admit(session)
 
     def refresh_deferred(self, session, ticket: str, env) -> None:
-        from .services.base import ServiceError
+        """`sys:refresh` on a webhook tenant: the answer (`refreshed` or AUTH_FAILED)
+        arrives once the webhook has answered; the session keeps working meanwhile."""
+        self.http.spawn(self._deferred_refresh(session, session.tenant.authenticator, ticket, env))
 
-        raise ServiceError(codes.AUTH_FAILED, "webhook refresh is not available")
+    async def _deferred_refresh(self, session, auth, ticket: str, env) -> None:
+        tenant = session.tenant
+        try:
+            ident = await auth.check(self.http, tenant.id, ticket, session.ip, session.sid)
+        except WebhookRefused as exc:
+            self._count_auth(tenant.id, exc.outcome)
+            ident, reason = None, "token refused"
+        else:
+            self._count_auth(tenant.id, "ok")
+            reason = None if ident.user == session.user else "token is for another user"
+        if session.state != OPEN:
+            return
+        if reason is not None:
+            tenant.stats.service_errors_ext += 1
+            session.send_error(codes.AUTH_FAILED, reason, env.seq)
+            return
+        self.set_expiry(session, ident.exp)
+        session.send(encode_sys("refreshed", data={"exp": None if ident.exp is None else int(ident.exp)}))
+
+    def _count_auth(self, tenant_id: str, outcome: str) -> None:
+        key = (tenant_id, outcome)
+        self.auth_outcomes[key] = self.auth_outcomes.get(key, 0) + 1
 
     # -- metrics beyond the per-tenant counters ----------------------------------------
     def extra_metrics(self):
-        return ()
+        yield from backend_metrics(self)
 
     # -- drain -------------------------------------------------------------------------
     def session_count(self) -> int:

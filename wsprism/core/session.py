@@ -29,6 +29,7 @@ class Session(WSListener):
         "gateway", "tenant", "transport", "user", "sid", "trace_id", "ip", "ticket_exp",
         "bucket", "rooms", "state", "rl_notice_at", "exp_handle", "frag", "frag_binary",
         "n_traces", "seen", "idle_ticks", "registered", "close_handle", "paused", "slow_handle",
+        "pending_ticket",
     )
 
     def __init__(self, gateway, tenant, user: str | None, sid: str, ip: str, exp: float | None) -> None:
@@ -54,6 +55,7 @@ class Session(WSListener):
         self.close_handle = None
         self.paused = False
         self.slow_handle = None
+        self.pending_ticket: str | None = None   # webhook auth: the ticket until the backend answers
 
     # -- identity --------------------------------------------------------------------
     @property

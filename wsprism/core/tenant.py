@@ -8,6 +8,7 @@ from ..auth import make_authenticator
 from ..ops.metrics import TenantStats
 from ..policy.allowlist import ExtAllowlist, HotAllowlist
 from ..policy.ratelimit import new_session_bucket, new_tenant_bucket
+from ..services.webhook import build_forwarders
 from .registry import SessionRegistry
 from .rooms import RoomTable
 
@@ -38,6 +39,7 @@ class TenantRuntime:
         self.limits = cfg.limits
         self.policy = policy
         self.authenticator = authenticator
+        self.forwarders = build_forwarders(cfg.id, cfg.services, self.forwarders)
         self.max_frame_bytes = cfg.limits.max_frame_bytes
         self.ext_allow = ExtAllowlist(policy.ext_allowlist)
         self.hot_allow = HotAllowlist(policy.hot_allowlist)

@@ -25,7 +25,7 @@ def runs(tmp_path_factory):
         "all", "--spawn", str(CONFIG), "--baseline",
         "--conns", str(CONNS), "--repeat", "1",
         "--duration", "0.25", "--warmup", "0.05", "--drain", "1", "--connect-timeout", "3",
-        "--json", str(out), "--quiet",
+        "--keep-server", "--json", str(out), "--quiet",
     ])
     lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()]
     return code, {(r["scenario"], r["target"]): r for r in lines}

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--warmup", type=float, default=1.0, help="traffic before the window, s (default 1)")
     timing.add_argument("--drain", type=float, default=2.0, help="max wait for stragglers after it, s (default 2)")
     timing.add_argument("--repeat", type=int, default=3, help="runs per case and target, alternated (default 3)")
+    timing.add_argument("--keep-server", action="store_true",
+                        help="idle: measure on the running spawned server instead of a freshly started one")
     timing.add_argument("--connect-timeout", type=float, default=5.0, help="per connection attempt, s (default 5)")
     out = ap.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="append one JSON line per run to FILE")
@@ -235,12 +237,20 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as exc:
                 print(f"wsprism bench: error: cannot write {args.json}: {exc.strerror}", file=sys.stderr)
                 return 2
-        for t in targets:
+        for t in targets:  # start side by side, then wait for each
             try:
-                t.start()
+                t.launch()
+            except (TargetError, OSError) as exc:
+                failed_start[t.name] = str(exc)
+        for t in targets:
+            if t.name in failed_start:
+                continue
+            try:
+                t.wait_ready()
             except TargetError as exc:
                 failed_start[t.name] = str(exc)
-                print(f"wsprism bench: error: {exc}", file=sys.stderr)
+        for name, why in failed_start.items():
+            print(f"wsprism bench: error: {why}", file=sys.stderr)
         total = len(cases) * args.repeat * len(targets)
         i = 0
         for case in cases:
@@ -251,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         res = {"schema": 1, "case": case.key(), "scenario": case.scenario, "target": t.name,
                                "repeat": rep, "params": case.params(), "error": failed_start[t.name]}
                     else:
-                        if case.scenario == "idle" and t.spawned:
+                        if case.scenario == "idle" and t.spawned and not args.keep_server:
                             # RSS per connection is only meaningful from a fresh process.
                             try:
                                 t.restart()

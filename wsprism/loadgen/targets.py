@@ -74,6 +74,12 @@ class Target:
     def start(self) -> None:
         pass
 
+    def launch(self) -> None:
+        """Begin starting (several targets can start side by side); wait_ready() finishes."""
+
+    def wait_ready(self) -> None:
+        self.start()
+
     def stop(self) -> None:
         pass
 
@@ -186,6 +192,10 @@ class SpawnedTarget(Target):
         return path
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
         self.port = free_port()
         cmd = self._command()
         fd, self.log_path = tempfile.mkstemp(prefix=f"wsprism-bench-{self.name}-", suffix=".log")
@@ -195,6 +205,10 @@ class SpawnedTarget(Target):
         self.proc = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, preexec_fn=_raise_fd_limit, start_new_session=True)
         os.close(fd)
+
+    def wait_ready(self) -> None:
+        if self.proc is None:
+            raise TargetError(f"{self.name} was not launched")
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

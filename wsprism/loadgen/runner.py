@@ -155,7 +155,6 @@ class _Run:
         self.repeat = repeat
         self.errors: dict[str, int] = {}
         self.first_error = ""
-        self.fatal = ""
 
     def error(self, what: str, n: int = 1) -> None:
         self.errors[what] = self.errors.get(what, 0) + n

@@ -10,6 +10,7 @@ from .auth import AuthSetupError
 from .config import ConfigError, load_config, split_listen
 from .gateway import Gateway
 from .ops import liveness
+from .ops.api import ApiServer
 from .transport.server import start_server
 
 log = logging.getLogger("wsprism")
@@ -43,9 +44,21 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
     """Run until drained. `ready(gateway, server)` is called once listening (tests)."""
     gateway = Gateway(config, config_path)
     gateway.stopped = asyncio.Event()
+    api_cfg = config.gateway.api
+    api = ApiServer(gateway, api_cfg) if api_cfg is not None else None   # reads the API keys
+    api_ssl = make_ssl(api_cfg.tls) if api_cfg is not None else None
     host, port = split_listen(config.gateway.listen)
     server = await start_server(gateway, host, port, ssl=make_ssl(config.gateway.tls),
                                 reuse_port=config.gateway.workers > 1)
+    if api is not None:
+        try:
+            await api.start(api_ssl)
+        except BaseException:
+            server.close()
+            raise
+        api_host = split_listen(api_cfg.listen)[0]
+        log.info("server API active at %s://%s:%d", "https" if api_ssl else "http", api_host, api.port)
+    gateway.api = api
     bound = server.sockets[0].getsockname()
     listen = config.gateway.listen if port else f"{host}:{bound[1]}"
     log.info("wsPrism Gateway active at %s", listen)
@@ -77,6 +90,9 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
     await stop.wait()
     await gateway.drain()
     server.close()
+    if api is not None:
+        await api.stop()
+    await gateway.http.close()
     sweeper.cancel()
     log.info("stopped")
     return 0

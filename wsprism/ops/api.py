@@ -1,0 +1,287 @@
+"""The server API for backends (SPEC section 10): an aiohttp.web app on `gateway.api.listen`.
+
+    POST /v1/publish     {"tenant","room","svc","type","data"?}      → {"delivered": n}
+    POST /v1/send        {"tenant","user","svc","type","data"?}      → {"delivered": n}
+    POST /v1/disconnect  {"tenant","user","code"?,"reason"?}         → {"delivered": n}
+    GET  /v1/presence?tenant=&room=&limit=                           → {"count": n, "users": [...]}
+    GET  /v1/stats?tenant=                                           → {"sessions","rooms","users"}
+
+`Authorization: Bearer <key>`; each key belongs to one tenant (`gateway.api.keys`, read
+from env or file at start and again after a reload that changes them). No or an unknown
+key → 401; a key of another tenant (or of no configured tenant) → 403. Bodies are strict
+JSON (unknown fields, wrong types → 400 naming the field), at most MAX_BODY bytes (413).
+Every answer is JSON; errors are `{"error": "...", "field"?: "..."}`. A request is
+checked completely before anything is delivered, and delivery runs without yielding to
+the event loop, so nothing is ever half-applied.
+"""
+import hmac
+import logging
+import os
+import re
+from typing import Annotated
+
+import msgspec
+from aiohttp import web
+
+from ..config import ConfigError, split_listen
+from ..core import codes
+from ..core.envelope import encode_message
+from ..core.rooms import ROOM_NAME
+from ..core.session import OPEN
+
+log = logging.getLogger("wsprism.api")
+
+MAX_BODY = 1024 * 1024
+PRESENCE_DEFAULT = 1000
+PRESENCE_MAX = 10_000
+UNKNOWN_TENANT = "_unknown"
+ROUTES = ("publish", "send", "disconnect", "presence", "stats")
+
+TenantId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+RoomName = Annotated[str, msgspec.Meta(pattern=f"^{ROOM_NAME.pattern}$")]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_UNSET = msgspec.UNSET
+
+
+class _Req(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class PublishReq(_Req):
+    tenant: TenantId
+    room: RoomName
+    svc: Name
+    type: Name
+    data: msgspec.Raw | msgspec.UnsetType = _UNSET
+
+
+class SendReq(_Req):
+    tenant: TenantId
+    user: UserId
+    svc: Name
+    type: Name
+    data: msgspec.Raw | msgspec.UnsetType = _UNSET
+
+
+class DisconnectReq(_Req):
+    tenant: TenantId
+    user: UserId
+    code: Annotated[int, msgspec.Meta(ge=4000, le=4999)] = codes.CLOSE_BY_BACKEND
+    reason: str = ""
+
+
+class PresenceQuery(_Req):
+    tenant: TenantId
+    room: RoomName
+    limit: Annotated[int, msgspec.Meta(ge=0, le=PRESENCE_MAX)] = PRESENCE_DEFAULT
+
+
+class StatsQuery(_Req):
+    tenant: TenantId
+
+
+_encode = msgspec.json.Encoder().encode
+KEY_TENANT = web.RequestKey("tenant", str)    # the tenant of the request's bearer key
+_FIELD = re.compile(r"field `([^`]+)`|at `\$\.([^`.\[]+)")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, msg: str, field: str | None = None) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+        self.field = field
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(data), status=status, content_type="application/json")
+
+
+def _error(status: int, msg: str, field: str | None = None) -> web.Response:
+    out = {"error": msg}
+    if field is not None:
+        out["field"] = field
+    return _json(out, status)
+
+
+def _invalid(exc: Exception) -> ApiError:
+    text = str(exc)
+    m = _FIELD.search(text)
+    return ApiError(400, f"invalid request: {text}", (m.group(1) or m.group(2)) if m else None)
+
+
+def read_keys(cfg) -> dict[str, str]:
+    """{key: tenant id} from `gateway.api.keys`; ConfigError if one cannot be read."""
+    keys: dict[str, str] = {}
+    for tenant_id, src in cfg.keys.items():
+        path = f"gateway.api.keys.{tenant_id}"
+        if src.env is not None:
+            key = os.environ.get(src.env, "").strip()
+            if not key:
+                raise ConfigError(f"{path}.env", f"environment variable {src.env} is not set or empty")
+        else:
+            try:
+                with open(src.file, encoding="utf-8") as fh:
+                    key = fh.read().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}.file", f"cannot read the key file: {type(exc).__name__}") from None
+            if not key:
+                raise ConfigError(f"{path}.file", "the key file is empty")
+        if key in keys:
+            raise ConfigError(path, f"the same key is also used by tenant {keys[key]!r}")
+        keys[key] = tenant_id
+    return keys
+
+
+class ApiServer:
+    """The listener and its handlers. `counts[(tenant, route, status)]` feed the metrics."""
+
+    def __init__(self, gateway, cfg) -> None:
+        self.gateway = gateway
+        self.cfg = cfg
+        self.keys = read_keys(cfg)              # may raise ConfigError: fail at start
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
+        app.router.add_post("/v1/publish", self.publish)
+        app.router.add_post("/v1/send", self.send)
+        app.router.add_post("/v1/disconnect", self.disconnect)
+        app.router.add_get("/v1/presence", self.presence)
+        app.router.add_get("/v1/stats", self.stats)
+        self.app = app
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self, ssl=None) -> None:
+        host, port = split_listen(self.cfg.listen, "gateway.api.listen")
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port, ssl_context=ssl, backlog=1024)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- checks shared by every route ------------------------------------------------------
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler):
+        route = request.path.rsplit("/", 1)[-1]
+        if route not in ROUTES:
+            route = "other"
+        try:
+            resp = await handler(request)
+        except ApiError as exc:
+            resp = _error(exc.status, exc.msg, exc.field)
+        except web.HTTPException as exc:        # 404, 405 and 413 from aiohttp itself
+            resp = _error(exc.status, exc.reason)
+        key = (request.get(KEY_TENANT, UNKNOWN_TENANT), route, str(resp.status))
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return resp
+
+    def _key_tenant(self, request: web.Request) -> str:
+        """The tenant of the bearer key, or 401."""
+        self._maybe_reload_keys()
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise ApiError(401, "missing bearer key (Authorization: Bearer <key>)")
+        found = None
+        for known, tenant_id in self.keys.items():
+            if hmac.compare_digest(known.encode(), key.encode()):
+                found = tenant_id
+        if found is None:
+            raise ApiError(401, "invalid key")
+        request[KEY_TENANT] = found
+        return found
+
+    def _maybe_reload_keys(self) -> None:
+        cfg = self.gateway.config.gateway.api
+        if cfg is None or cfg is self.cfg or cfg.keys == self.cfg.keys:
+            return
+        try:
+            self.keys = read_keys(cfg)
+        except ConfigError as exc:
+            log.error("server API keys not reloaded, keeping the previous ones: %s", exc)
+        self.cfg = cfg
+
+    def _tenant(self, key_tenant: str, wanted: str):
+        if wanted != key_tenant:
+            raise ApiError(403, "this key is not valid for that tenant", "tenant")
+        tenant = self.gateway.tenants.get(wanted)
+        if tenant is None:
+            raise ApiError(403, "tenant is not configured", "tenant")
+        return tenant
+
+    async def _body(self, request: web.Request, typ):
+        key_tenant = self._key_tenant(request)
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, f"body larger than {MAX_BODY} bytes") from None
+        try:
+            req = msgspec.json.decode(raw, type=typ)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            raise _invalid(exc) from None
+        return req, self._tenant(key_tenant, req.tenant)
+
+    def _query(self, request: web.Request, typ):
+        key_tenant = self._key_tenant(request)
+        query = request.query
+        if len(set(query.keys())) != len(query):
+            raise ApiError(400, "a query parameter is given twice")
+        try:
+            req = msgspec.convert(dict(query), typ, strict=False)
+        except msgspec.ValidationError as exc:
+            raise _invalid(exc) from None
+        return req, self._tenant(key_tenant, req.tenant)
+
+    # -- routes ------------------------------------------------------------------------------
+    async def publish(self, request: web.Request) -> web.Response:
+        req, tenant = await self._body(request, PublishReq)
+        rooms = tenant.rooms
+        room = rooms.get(req.room)
+        delivered = 0
+        if room is not None:
+            delivered = rooms.broadcast(room, encode_message(req.svc, req.type, req.room, req.data))
+        return _json({"delivered": delivered})
+
+    async def send(self, request: web.Request) -> web.Response:
+        req, tenant = await self._body(request, SendReq)
+        data = encode_message(req.svc, req.type, None, req.data)
+        delivered = 0
+        for session in tenant.sessions.sessions_of(req.user):
+            if session.state == OPEN:
+                session.send(data)
+                delivered += 1
+        return _json({"delivered": delivered})
+
+    async def disconnect(self, request: web.Request) -> web.Response:
+        req, tenant = await self._body(request, DisconnectReq)
+        if req.code != 4000 and req.code < codes.CLOSE_BY_BACKEND:
+            raise ApiError(400, "code must be 4000 or 4006-4999", "code")
+        reason = req.reason.encode()
+        if len(reason) > 120:
+            raise ApiError(400, "reason longer than 120 bytes (UTF-8)", "reason")
+        victims = [s for s in tenant.sessions.sessions_of(req.user) if s.state == OPEN]
+        for session in victims:
+            session.close(req.code, req.reason)
+        return _json({"delivered": len(victims)})
+
+    async def presence(self, request: web.Request) -> web.Response:
+        req, tenant = self._query(request, PresenceQuery)
+        count, users = tenant.rooms.presence(req.room, req.limit)
+        return _json({"count": count, "users": users})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        req, tenant = self._query(request, StatsQuery)
+        return _json({"sessions": tenant.sessions.count, "rooms": len(tenant.rooms.rooms),
+                      "users": tenant.sessions.users})

@@ -13,16 +13,21 @@ from .backend.http import HttpClient
 from .backend.metrics import backend_metrics
 from .core import codes
 from .core.envelope import encode_sys
-from .core.session import CLOSED, CLOSING, OPEN, PENDING
+from . import _fast
+from .core.envelope import encode_error
+from .core.session import CLOSED, CLOSING, OPEN, PENDING, Session
+from .policy.ext_lane import on_envelope
 from .core.tenant import TenantRuntime
 from .ops.metrics import TenantStats, make_registry
 from .policy.defender import Defender
 from .policy.ratelimit import new_session_bucket
 from .policy.sessions import over_limit
 from .transport.handshake import Router
-from .transport.listener import Connection
 
 log = logging.getLogger("wsprism.gateway")
+
+# The framer (hot path) hands every checked text message to the Ext Lane.
+_fast.install(on_envelope, encode_error)
 
 KICK_REPLACED = encode_sys("kicked", data={"reason": "replaced"})
 KICK_EXCEEDED = encode_sys("kicked", data={"reason": "max_sessions_exceeded"})
@@ -58,6 +63,7 @@ class Gateway:
         self.metrics_registry = make_registry(self)
         self.high_water = g.outbound_high_water_bytes
         self.router = Router(self)
+        self.corker = _fast.Corker()        # one write per connection per loop turn
         self.http = HttpClient()            # the one pooled client for webhooks (backend/http.py)
         self.auth_outcomes: dict[tuple[str, str], int] = {}   # (tenant, outcome) of auth webhooks
         self._update_needs_ip()
@@ -66,10 +72,10 @@ class Gateway:
         self.needs_peer_ip = any(t.authenticator.deferred for t in self.tenants.values())
 
     # -- sessions ----------------------------------------------------------------------
-    def new_session(self, tenant, user, sid, ip, exp, deferred_ticket=None) -> Connection:
+    def new_session(self, tenant, user, sid, ip, exp, deferred_ticket=None) -> Session:
         """Called by the router once every pre-upgrade check passed."""
         tenant.sessions.reserve()
-        conn = Connection(self, tenant, user, sid, ip, exp)
+        conn = Session(self, tenant, user, sid, ip, exp)
         conn.pending_ticket = deferred_ticket     # held until the auth webhook answers
         return conn
 
@@ -118,7 +124,7 @@ class Gateway:
         session.ticket_exp = exp
         if exp is not None:
             loop = asyncio.get_running_loop()
-            delay = max(0.0, exp - time.time())
+            delay = max(0.0, exp + session.tenant.authenticator.leeway - time.time())
             session.exp_handle = loop.call_later(delay, self._expire, session)
 
     def _expire(self, session) -> None:

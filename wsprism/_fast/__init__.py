@@ -4,6 +4,12 @@ Selection happens once, here (the aiohttp/yarl habit): with `WSPRISM_NO_EXTENSIO
 set, or off CPython, every `*_py` twin is used; otherwise every `*_c` module, falling
 back to all twins if any one of them fails to import. The two are never mixed.
 Nothing else in wsprism imports a `_c` or `_py` module by name.
+
+- bucket:    token buckets (rate limits, handshake defender)
+- utf8:      strict UTF-8 validation of text frames
+- hotheader: Hot Lane header parse and the allowlist bit table
+- fanout:    outbound frames built once, corked per loop turn, room fan-out
+- framer:    the per-connection listener (Session) and per-tenant LanePolicy
 """
 from typing import TYPE_CHECKING
 
@@ -12,16 +18,35 @@ from ._compat import NO_EXTENSIONS
 USING_EXTENSIONS = False
 
 if TYPE_CHECKING or NO_EXTENSIONS:
-    from .bucket_py import TokenBucket
-    from .utf8_py import utf8_valid
+    from . import bucket_py as _bucket, fanout_py as _fanout, framer_py as _framer
+    from . import hotheader_py as _hotheader, utf8_py as _utf8
 else:
     try:
-        from .bucket_c import TokenBucket
-        from .utf8_c import utf8_valid
+        from . import bucket_c as _bucket, fanout_c as _fanout, framer_c as _framer
+        from . import hotheader_c as _hotheader, utf8_c as _utf8
 
         USING_EXTENSIONS = True
     except ImportError:  # not built: run on the twins
-        from .bucket_py import TokenBucket
-        from .utf8_py import utf8_valid
+        from . import bucket_py as _bucket, fanout_py as _fanout, framer_py as _framer
+        from . import hotheader_py as _hotheader, utf8_py as _utf8
 
-__all__ = ["USING_EXTENSIONS", "NO_EXTENSIONS", "TokenBucket", "utf8_valid"]
+TokenBucket = _bucket.TokenBucket
+utf8_valid = _utf8.utf8_valid
+HotAllowlist = _hotheader.HotAllowlist
+parse_header = _hotheader.parse_header
+Corker = _fanout.Corker
+build_frame = _fanout.build_frame
+broadcast = _fanout.broadcast
+OP_TEXT = _fanout.OP_TEXT
+OP_BINARY = _fanout.OP_BINARY
+Session = _framer.Session
+LanePolicy = _framer.LanePolicy
+install = _framer.install
+PENDING, OPEN, CLOSING, CLOSED = 0, 1, 2, 3
+counters = _framer      # C_EXT_ALLOW ... N_COUNTERS
+
+__all__ = [
+    "USING_EXTENSIONS", "NO_EXTENSIONS", "TokenBucket", "utf8_valid", "HotAllowlist", "parse_header",
+    "Corker", "build_frame", "broadcast", "OP_TEXT", "OP_BINARY", "Session", "LanePolicy", "install",
+    "PENDING", "OPEN", "CLOSING", "CLOSED", "counters",
+]

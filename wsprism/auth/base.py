@@ -20,6 +20,7 @@ class Authenticator:
 
     mode = "base"
     deferred = False
+    leeway = 0.0      # seconds a session may outlive its `exp` (clock skew tolerance)
 
     def authenticate(self, ticket: str) -> Identity:  # pragma: no cover - interface
         raise NotImplementedError

@@ -19,7 +19,7 @@ class JwtAuthenticator(Authenticator):
         self._algorithms = list(cfg.algorithms)
         self._audience = cfg.audience
         self._issuer = cfg.issuer
-        self._leeway = cfg.leeway_ms / 1000.0
+        self.leeway = cfg.leeway_ms / 1000.0
         self._require = ["sub"] + (["exp"] if cfg.require_exp else [])
         self._keys: dict[str, object] = {}
         if any(a.startswith("HS") for a in self._algorithms):
@@ -54,7 +54,7 @@ class JwtAuthenticator(Authenticator):
                 algorithms=[alg],
                 audience=self._audience,
                 issuer=self._issuer,
-                leeway=self._leeway,
+                leeway=self.leeway,
                 options={"require": self._require, "verify_aud": self._audience is not None},
             )
         except pyjwt.PyJWTError as exc:

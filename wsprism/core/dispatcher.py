@@ -9,7 +9,7 @@ from time import perf_counter
 
 import msgspec
 
-from ..ops import metrics as m
+from .._fast import counters as c
 from ..services import chat, room
 from ..services import sys as sys_service
 from ..services.base import ServiceError
@@ -31,13 +31,13 @@ def dispatch(session, env, payload: bytes) -> None:
     if handler is None:
         forwarder = tenant.forwarders.get(env.svc) if handlers is None else None
         if forwarder is None:
-            stats.policy[m.EXT_UNKNOWN_SERVICE] += 1
+            session.lane.bump(c.C_EXT_UNKNOWN_SERVICE)
             session.send_error(codes.NOT_ALLOWED, "unknown service", env.seq)
             return
-        stats.policy[m.EXT_ALLOW] += 1
+        session.lane.bump(c.C_EXT_ALLOW)
         forwarder.forward(session, env, payload)
         return
-    stats.policy[m.EXT_ALLOW] += 1
+    session.lane.bump(c.C_EXT_ALLOW)
     t0 = perf_counter()
     try:
         handler(session, env)

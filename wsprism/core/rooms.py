@@ -7,6 +7,7 @@ with no member left is deleted at once.
 """
 import re
 
+from .._fast import OP_TEXT, broadcast, build_frame
 from . import codes
 from .envelope import encode_message
 
@@ -51,6 +52,7 @@ class RoomTable:
         if room is not None and session in room.members:
             session.rooms.remove(name)
             session.rooms.append(name)
+            session.room_members = room.members
             return False
         user = session.user
         limits = self.limits
@@ -71,6 +73,7 @@ class RoomTable:
         mine = self.user_rooms.setdefault(user, {})
         mine[name] = mine.get(name, 0) + 1
         session.rooms.append(name)
+        session.room_members = room.members
         return first_of_user
 
     def announce_join(self, name: str, user: str) -> None:
@@ -86,6 +89,8 @@ class RoomTable:
             return False
         del room.members[session]
         session.rooms.remove(name)
+        active = session.rooms[-1] if session.rooms else None
+        session.room_members = self.rooms[active].members if active is not None else None
         user = session.user
         left_room = room.users[user] == 1
         if left_room:
@@ -110,12 +115,10 @@ class RoomTable:
             self.leave(session, name)
 
     def broadcast(self, room: Room, data: bytes) -> int:
-        """Reliable fan-out: one encoded message to every member. Returns the count."""
-        n = 0
-        for member in room.members:
-            member.send(data)
-            n += 1
-        return n
+        """Reliable fan-out: the frame is built once and queued for every member.
+        Returns how many members it went to."""
+        broadcast(room.members, build_frame(OP_TEXT, data), False)
+        return len(room.members)
 
     def presence(self, name: str, limit: int = PRESENCE_USERS_CAP) -> tuple[int, list[str]]:
         room = self.rooms.get(name)

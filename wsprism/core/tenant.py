@@ -6,6 +6,7 @@ stays.
 """
 from ..auth import make_authenticator
 from ..ops.metrics import TenantStats
+from .._fast import LanePolicy
 from ..policy.allowlist import ExtAllowlist, HotAllowlist
 from ..policy.ratelimit import new_session_bucket, new_tenant_bucket
 from ..services.webhook import build_forwarders
@@ -15,19 +16,17 @@ from .rooms import RoomTable
 
 class TenantRuntime:
     __slots__ = (
-        "id", "cfg", "limits", "policy", "stats", "sessions", "rooms", "ext_allow", "hot_allow",
-        "bucket", "authenticator", "forwarders", "max_frame_bytes", "hot_silent",
-        "hot_requires_room", "hot_seq", "writer_send_timeout", "generation",
+        "id", "cfg", "limits", "policy", "stats", "lane", "sessions", "rooms", "ext_allow",
+        "authenticator", "forwarders", "writer_send_timeout", "generation",
     )
 
     def __init__(self, cfg, gateway_cfg) -> None:
         self.id = cfg.id
-        self.stats = TenantStats()
+        self.lane = LanePolicy()            # compiled lane settings + decision counters
+        self.stats = TenantStats(self.lane)
         self.sessions = SessionRegistry()
         self.rooms = RoomTable()
-        self.bucket = None
         self.forwarders: dict = {}
-        self.hot_seq = 0
         self.generation = 0
         self.apply(cfg, gateway_cfg)
 
@@ -40,18 +39,18 @@ class TenantRuntime:
         self.policy = policy
         self.authenticator = authenticator
         self.forwarders = build_forwarders(cfg.id, cfg.services, self.forwarders)
-        self.max_frame_bytes = cfg.limits.max_frame_bytes
         self.ext_allow = ExtAllowlist(policy.ext_allowlist)
-        self.hot_allow = HotAllowlist(policy.hot_allowlist)
-        self.hot_silent = policy.hot_error_mode == "silent"
-        self.hot_requires_room = policy.hot_requires_active_room
         self.writer_send_timeout = gateway_cfg.writer_send_timeout_ms / 1000.0
         self.rooms.limits = cfg.limits
         self.rooms.presence_events = policy.presence_events
-        if self.bucket is not None and policy.rate_limit_scope != "connection":
-            self.bucket.configure(policy.rate_limit_rps, policy.rate_limit_burst)
+        lane = self.lane
+        shared = lane.bucket
+        if shared is not None and policy.rate_limit_scope != "connection":
+            shared.configure(policy.rate_limit_rps, policy.rate_limit_burst)
         else:
-            self.bucket = new_tenant_bucket(policy)
+            shared = new_tenant_bucket(policy)
+        lane.configure(cfg.limits.max_frame_bytes, policy.hot_error_mode == "silent",
+                       policy.hot_requires_active_room, HotAllowlist(policy.hot_allowlist), shared)
         if self.generation:
             self._rebucket_sessions(policy)
         self.generation += 1

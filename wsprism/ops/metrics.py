@@ -25,11 +25,14 @@ HOT_RATE_LIMITED = ("hot", "drop", "rate_limited")
 HOT_TOO_LARGE = ("hot", "deny", "too_large")
 HOT_BAD_REQUEST = ("hot", "drop", "bad_request")
 HOT_NO_ACTIVE_ROOM = ("hot", "drop", "no_active_room")
+# in the order of the framer's counters (C_EXT_ALLOW = 0 ... C_HOT_NO_ACTIVE_ROOM = 11)
 POLICY_KEYS = (
     EXT_ALLOW, EXT_NOT_ALLOWED, EXT_RATE_LIMITED, EXT_TOO_LARGE, EXT_BAD_REQUEST,
     EXT_UNKNOWN_SERVICE, HOT_ALLOW, HOT_NOT_ALLOWED, HOT_RATE_LIMITED, HOT_TOO_LARGE,
     HOT_BAD_REQUEST, HOT_NO_ACTIVE_ROOM,
 )
+DECODE_ERRORS = 12     # C_DECODE_ERRORS
+EGRESS_DROPS = 13      # C_EGRESS_DROPS
 
 HANDSHAKE_REASONS = (
     "not_found", "not_upgrade", "draining", "rate_limited_global", "rate_limited_ip",
@@ -41,7 +44,6 @@ DISPATCH_BUCKETS = (
     5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
     1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
 )
-HOT_SAMPLE_MASK = 63   # the Hot Lane times 1 frame in 64
 
 
 class Histogram:
@@ -67,24 +69,38 @@ class Histogram:
 
 
 class TenantStats:
-    """Every counter of one tenant; plain ints bumped on the message path."""
+    """Every counter of one tenant. The per-message decisions are C counters in the
+    tenant's LanePolicy (bumped by the framer); the rest are plain ints here."""
 
     __slots__ = (
-        "policy", "upgrades", "handshake_rejections", "decode_errors", "service_errors_ext",
-        "service_errors_hot", "writer_timeouts", "egress_drops", "dispatch_ext", "dispatch_hot",
+        "lane", "upgrades", "handshake_rejections", "service_errors_ext", "service_errors_hot",
+        "writer_timeouts", "dispatch_ext", "dispatch_hot",
     )
 
-    def __init__(self) -> None:
-        self.policy = dict.fromkeys(POLICY_KEYS, 0)
+    def __init__(self, lane=None) -> None:
+        self.lane = lane
         self.upgrades: dict[str, int] = {}
         self.handshake_rejections = dict.fromkeys(HANDSHAKE_REASONS, 0)
-        self.decode_errors = 0
         self.service_errors_ext = 0
         self.service_errors_hot = 0
         self.writer_timeouts = 0
-        self.egress_drops = 0
         self.dispatch_ext = Histogram()
         self.dispatch_hot = Histogram()
+        if lane is not None:
+            lane.hist_hot = self.dispatch_hot
+
+    @property
+    def policy(self) -> dict:
+        """{(lane, decision, reason): count}, read from the lane's counters."""
+        return dict(zip(POLICY_KEYS, self.lane.snapshot()))
+
+    @property
+    def decode_errors(self) -> int:
+        return self.lane.snapshot()[DECODE_ERRORS]
+
+    @property
+    def egress_drops(self) -> int:
+        return self.lane.snapshot()[EGRESS_DROPS]
 
     def count_upgrade(self, status: int, reason: str | None) -> None:
         key = str(status)
@@ -123,13 +139,14 @@ class GatewayCollector:
             if tenant is None:
                 continue
             active.add_metric([tid], tenant.sessions.count)
-            for (lane, decision, reason), n in s.policy.items():
+            counts = s.lane.snapshot()
+            for (lane, decision, reason), n in zip(POLICY_KEYS, counts):
                 policy.add_metric([tid, lane, decision, reason], n)
-            decode.add_metric([tid], s.decode_errors)
+            decode.add_metric([tid], counts[DECODE_ERRORS])
             svc_err.add_metric([tid, "ext"], s.service_errors_ext)
             svc_err.add_metric([tid, "hot"], s.service_errors_hot)
             writer.add_metric([tid], s.writer_timeouts)
-            egress.add_metric([tid], s.egress_drops)
+            egress.add_metric([tid], counts[EGRESS_DROPS])
             for lane, h in (("ext", s.dispatch_ext), ("hot", s.dispatch_hot)):
                 dispatch.add_metric([tid, lane], h.cumulative(), h.sum)
         draining = GaugeMetricFamily("wsprism_draining", "1 while the gateway drains")

@@ -2,8 +2,12 @@
 
 Ext Lane entries are `svc:type` or `svc:*`; the check is two dict/set lookups on the
 envelope's own strings, with no string built per message. Hot Lane entries are
-`svc_id:opcode` or `svc_id:*`, compiled into a 256x256 bit table.
+`svc_id:opcode` or `svc_id:*`, compiled into a 256x256 bit table (`HotAllowlist`, in
+the hot path: wsprism/_fast/hotheader).
 """
+from .._fast import HotAllowlist
+
+__all__ = ["ExtAllowlist", "HotAllowlist"]
 
 
 class ExtAllowlist:
@@ -26,22 +30,3 @@ class ExtAllowlist:
             return True
         types = self.exact.get(svc)
         return types is not None and typ in types
-
-
-class HotAllowlist:
-    __slots__ = ("bits",)
-
-    def __init__(self, entries) -> None:
-        bits = bytearray(256 * 32)      # one bit per (svc_id, opcode)
-        for entry in entries:
-            svc_s, _, op_s = entry.partition(":")
-            svc = int(svc_s)
-            ops = range(256) if op_s == "*" else (int(op_s),)
-            for op in ops:
-                idx = svc * 256 + op
-                bits[idx >> 3] |= 1 << (idx & 7)
-        self.bits = bytes(bits)
-
-    def allows(self, svc: int, op: int) -> bool:
-        idx = (svc << 8) | op
-        return bool(self.bits[idx >> 3] & (1 << (idx & 7)))

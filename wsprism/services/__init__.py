@@ -1,1 +1,1 @@
-"""Built-in Ext Lane services (room, chat, sys) and the Hot Lane relay."""
+"""Built-in Ext Lane services (room, chat, sys); the Hot Lane relay (svc 1) is in the framer."""

@@ -1,0 +1,28 @@
+# Contract of the compiled outbound side for other _c modules.
+from picows.picows cimport WSListener, WSTransport
+
+cdef enum:
+    S_PENDING = 0
+    S_OPEN = 1
+    S_CLOSING = 2
+    S_CLOSED = 3
+
+cdef class Corker:
+    cdef public list dirty
+    cdef public bint scheduled
+    cdef public object loop
+    cdef void add(self, Endpoint endpoint) except *
+    cpdef flush_all(self)
+
+cdef class Endpoint(WSListener):
+    cdef public WSTransport transport
+    cdef public int state
+    cdef public bint paused
+    cdef public Corker corker
+    cdef list _out
+    cdef bint _enqueue(self, bytes frame, bint lossy) except -1
+    cpdef flush(self)
+
+cpdef bytes build_frame(int opcode, object payload)
+cdef bytes build_frame_ptr(int opcode, const unsigned char* p, Py_ssize_t n)
+cpdef Py_ssize_t broadcast(object members, bytes frame, bint lossy) except -1

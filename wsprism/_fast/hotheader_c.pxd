@@ -1,0 +1,23 @@
+# Contract of the compiled Hot Lane header parser and allowlist.
+from libc.stdint cimport uint8_t, uint32_t
+
+cpdef enum HotStatus:
+    HDR_OK = 0
+    HDR_SHORT = 1
+    HDR_BAD_FLAGS = 2
+    HDR_SHORT_SEQ = 3
+
+cdef struct HotHeader:
+    uint8_t svc
+    uint8_t op
+    uint8_t flags
+    uint32_t seq
+
+cdef int hot_parse(const unsigned char* p, Py_ssize_t n, HotHeader* h) noexcept nogil
+
+cdef class HotAllowlist:
+    cdef unsigned char _bits[8192]
+    cdef inline bint allows_c(self, unsigned int svc, unsigned int op) noexcept nogil:
+        cdef unsigned int idx = (svc << 8) | op
+        return (self._bits[idx >> 3] >> (idx & 7)) & 1
+    cpdef bint allows(self, int svc, int op)

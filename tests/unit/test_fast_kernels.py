@@ -84,12 +84,3 @@ def test_utf8(fast_impl, data, ok):
     assert fast_impl.utf8_valid(data) is ok
     assert fast_impl.utf8_valid(bytearray(data)) is ok
     assert fast_impl.utf8_valid(memoryview(data)) is ok
-
-
-def test_api_parity():
-    """Same public names and signatures in the compiled module and its twin."""
-    from wsprism._fast import bucket_c, bucket_py, utf8_c, utf8_py
-
-    public = lambda cls: {n for n in dir(cls) if not n.startswith("_")}
-    assert public(bucket_c.TokenBucket) == public(bucket_py.TokenBucket)
-    assert {n for n in dir(utf8_py) if not n.startswith("_") and callable(getattr(utf8_py, n))} <= set(dir(utf8_c))

@@ -11,7 +11,7 @@ cdef class Corker:
     cdef public list dirty
     cdef public bint scheduled
     cdef public object loop
-    cdef void add(self, Endpoint endpoint) except *
+    cpdef add(self, Endpoint endpoint)
     cpdef flush_all(self)
 
 cdef class Endpoint(WSListener):

@@ -51,7 +51,7 @@ cdef class Corker:
         self.scheduled = False
         self.loop = loop
 
-    cdef void add(self, Endpoint endpoint) except *:
+    cpdef add(self, Endpoint endpoint):
         self.dirty.append(endpoint)
         if not self.scheduled:
             self.scheduled = True

@@ -15,7 +15,7 @@ import msgspec
 
 from .bucket_c cimport TokenBucket
 from .fanout_c cimport S_CLOSING, S_OPEN, Endpoint, broadcast, build_frame_ptr
-from .hotheader_c cimport HDR_BAD_FLAGS, HDR_OK, HDR_SHORT, HotAllowlist, HotHeader, hot_parse
+from .hotheader_c cimport H_BAD_FLAGS, H_OK, H_SHORT, HotAllowlist, HotHeader, hot_parse
 from .utf8_c cimport utf8_valid_ptr
 
 from .fanout_c import CLOSED, CLOSING, OPEN, PENDING  # re-exported for parity with the twin
@@ -330,10 +330,10 @@ cdef class Session(Endpoint):
                 self.send_error("RATE_LIMITED", "rate limit exceeded, frame dropped")
             return 0
         status = hot_parse(p, n, &h)
-        if status != HDR_OK:
-            if status == HDR_SHORT:
+        if status != H_OK:
+            if status == H_SHORT:
                 return self._hot_reject(_C_HOT_BAD_REQUEST, "BAD_REQUEST", "hot header needs 3 bytes")
-            if status == HDR_BAD_FLAGS:
+            if status == H_BAD_FLAGS:
                 return self._hot_reject(_C_HOT_BAD_REQUEST, "BAD_REQUEST", "invalid hot header flags")
             return self._hot_reject(_C_HOT_BAD_REQUEST, "BAD_REQUEST", "SEQ_PRESENT without 4 seq bytes")
         if not lane.hot_allow.allows_c(h.svc, h.op):

@@ -1,11 +1,11 @@
 # Contract of the compiled Hot Lane header parser and allowlist.
 from libc.stdint cimport uint8_t, uint32_t
 
-cpdef enum HotStatus:
-    HDR_OK = 0
-    HDR_SHORT = 1
-    HDR_BAD_FLAGS = 2
-    HDR_SHORT_SEQ = 3
+cdef enum:
+    H_OK = 0
+    H_SHORT = 1
+    H_BAD_FLAGS = 2
+    H_SHORT_SEQ = 3
 
 cdef struct HotHeader:
     uint8_t svc

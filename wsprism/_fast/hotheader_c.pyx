@@ -6,6 +6,10 @@ from libc.string cimport memset
 
 from .bytesops cimport read_u32_le
 
+HDR_OK = H_OK
+HDR_SHORT = H_SHORT
+HDR_BAD_FLAGS = H_BAD_FLAGS
+HDR_SHORT_SEQ = H_SHORT_SEQ
 FLAG_SEQ_PRESENT = 0x01
 FLAG_ACK_REQUESTED = 0x02
 FLAG_IS_ACK = 0x04
@@ -15,18 +19,18 @@ CLIENT_FLAGS = 0x03
 cdef int hot_parse(const unsigned char* p, Py_ssize_t n, HotHeader* h) noexcept nogil:
     if n < 3:
         h.svc = 0; h.op = 0; h.flags = 0; h.seq = 0
-        return HDR_SHORT
+        return H_SHORT
     h.svc = p[0]
     h.op = p[1]
     h.flags = p[2]
     h.seq = 0
     if h.flags & ~0x03:
-        return HDR_BAD_FLAGS
+        return H_BAD_FLAGS
     if h.flags & 0x01:
         if n < 7:           # length checked right before the read (rule 4)
-            return HDR_SHORT_SEQ
+            return H_SHORT_SEQ
         h.seq = read_u32_le(p + 3)
-    return HDR_OK
+    return H_OK
 
 
 def parse_header(data) -> tuple:

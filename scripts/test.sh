@@ -22,4 +22,15 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
 python -m wsprism version
+
+if [ $# -eq 0 ]; then
+  # the wheel carries the compiled modules and runs without Cython
+  bash scripts/check_wheel.sh
+  # the lanes once more on the pure-Python twins (WSPRISM_NO_EXTENSIONS)
+  WSPRISM_NO_EXTENSIONS=1 python -m pytest -q -p no:randomly \
+    tests/integration/test_ext_lane.py tests/integration/test_hot_lane.py \
+    tests/integration/test_hostile.py tests/integration/test_chat_presence.py \
+    tests/integration/test_rooms.py tests/integration/test_sessions.py
+fi
+# the whole suite on the compiled path
 python -m pytest "$@"

@@ -168,3 +168,34 @@ class BackendServer:
         if kind == "hang":
             await self._sleep(30)
         return web.Response(status=401)
+
+
+class AppThread:
+    """Any aiohttp.web app on 127.0.0.1:`port` (0 = a free one) in its own thread and loop."""
+
+    def __init__(self, make_app, port: int = 0) -> None:
+        self._make_app = make_app
+        self.port = port
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("app did not start")
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(self._make_app(), access_log=None)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.port = runner.addresses[0][1]
+        self._ready.set()
+        loop.run_until_complete(self._stop.wait())
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)

@@ -113,7 +113,11 @@ class Forwarder:
                 if session.state != OPEN:
                     break                      # gone: what is still queued is dropped
                 env, payload, deadline = queue[0]
-                await self._call(session, env, payload, deadline)
+                try:
+                    await self._call(session, env, payload, deadline)
+                except Exception:             # a bug must not stop the queue or leak out
+                    log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc)
+                    session.send_error(codes.INTERNAL, "internal error", env.seq)
                 queue.popleft()
         finally:
             if self.queues.get(session) is queue:

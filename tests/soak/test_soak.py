@@ -14,9 +14,10 @@ Sizes come from the environment (defaults are the issue's values):
 
 Each test prints one `SOAK ...` line with its numbers (use -s to see it).
 The gateway's state is read from the outside only: `/metrics` for the session count,
-and a probe client for the room and per-user tables (a probe joins every room the run
-used and must find itself alone there; sampled users must still be able to open their
-full quota of sessions and rooms, which leaked registry or room entries would prevent).
+the server API's `GET /v1/stats` for the session, room and user tables, and a probe
+client for what no counter shows (a probe joins every room the run used and must find
+itself alone there; sampled users must still be able to open their full quota of
+sessions and rooms, which a leaked registry or per-user room entry would prevent).
 """
 import asyncio
 import json
@@ -43,6 +44,7 @@ SECONDS = float(os.environ.get("WSPRISM_SOAK_SECONDS", "300"))
 SESSIONS = int(os.environ.get("WSPRISM_SOAK_SESSIONS", "2000"))
 PROCS = int(os.environ.get("WSPRISM_SOAK_PROCS", "2"))
 
+API_KEY = "soak-api-key-0123456789"
 CHURN_ROOMS = 20
 MIX_ROOMS = 200
 SESSIONS_PER_USER = 4
@@ -60,12 +62,14 @@ class GatewayProcess:
 
     def __init__(self, tmp_path, yaml_body: str) -> None:
         self.port = free_port()
+        self.api_port = free_port()
         cfg = tmp_path / "wsprism.yaml"
-        cfg.write_text(yaml_body.replace("PORT", str(self.port)))
+        cfg.write_text(yaml_body.replace("APIPORT", str(self.api_port)).replace("PORT", str(self.port)))
         self.log_path = tmp_path / "gateway.log"
         self._log = open(self.log_path, "w")
+        env = dict(os.environ, WSPRISM_SOAK_API_KEY=API_KEY)
         self.p = subprocess.Popen([PY, "-m", "wsprism", "start", "--config", str(cfg)],
-                                  stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                  stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         self.ps = psutil.Process(self.p.pid)
         deadline = time.monotonic() + 15
         while "Gateway active at" not in self.log():
@@ -105,6 +109,13 @@ class GatewayProcess:
             if all(have.get(k) == v for k, v in labels.items()):
                 total += float(m.group(3))
         return total
+
+    def stats(self, tenant: str = "soak") -> dict:
+        """The server API's table sizes: {"sessions", "rooms", "users"}."""
+        status, _, body = http_get(self.api_port, f"/v1/stats?tenant={tenant}",
+                                   {"Authorization": f"Bearer {API_KEY}", "Connection": "close"}, timeout=10)
+        assert status == 200, body
+        return json.loads(body)
 
     def wait_sessions(self, want: int, timeout: float) -> float:
         """Poll wsprism_ws_sessions_active until it is `want`; returns the last value."""
@@ -231,6 +242,7 @@ gateway:
   handshake_limit: {{enabled: true, global_rps: 1000000, global_burst: 1000000,
                     per_ip_rps: 1000, per_ip_burst: 1000, max_ip_entries: 2000}}
   trusted_proxies: ["127.0.0.1/32"]
+  api: {{listen: "127.0.0.1:APIPORT", keys: {{soak: {{env: WSPRISM_SOAK_API_KEY}}}}}}
 tenants:
   - id: soak
     limits: {{max_rooms_total: {CHURN_ROOMS + ROOMS_PER_USER}, max_rooms_per_user: {ROOMS_PER_USER}}}
@@ -276,7 +288,8 @@ def test_churn_memory_flat_and_tables_empty(spawn_gateway):
     # memory back where it was after the warm-up
     assert rss_after <= rss_warm * 1.10, (rss_warm, rss_after)
 
-    # tables empty: every room the churn used is empty, and churn users have their full quotas
+    # tables empty: the API's counts, every room the churn used, the churn users' quotas
+    assert g.stats() == {"sessions": 0, "rooms": 0, "users": 0}
     rooms = [f"churn{i}" for i in range(CHURN_ROOMS)]
 
     async def probes():
@@ -286,6 +299,7 @@ def test_churn_memory_flat_and_tables_empty(spawn_gateway):
             await probe_user(g, user, rooms)
     asyncio.run(probes())
     assert g.wait_sessions(0, 10) == 0
+    assert g.stats() == {"sessions": 0, "rooms": 0, "users": 0}
 
     text = g.metrics()
     ok101 = g.metric("wsprism_ws_upgrades_total", text, tenant="soak", status="101")
@@ -309,6 +323,7 @@ gateway:
   writer_send_timeout_ms: 500
   outbound_high_water_bytes: 65536
   drain_grace_ms: 1000
+  api: {{listen: "127.0.0.1:APIPORT", keys: {{soak: {{env: WSPRISM_SOAK_API_KEY}}}}}}
 tenants:
   - id: soak
     limits: {{max_rooms_total: {MIX_ROOMS + PROCS}, max_rooms_per_user: {ROOMS_PER_USER}}}
@@ -340,6 +355,7 @@ def test_mixed_traffic_no_growth_no_errors(spawn_gateway):
             line = p.stdout.readline()
             assert line.strip() == "ready", (line, p.poll())
         active_start = g.metric("wsprism_ws_sessions_active")
+        stats_start = g.stats()
         rss_start, cpu0, t0 = g.rss(), g.cpu(), time.monotonic()
         for p in ps:
             p.stdin.write("go\n")
@@ -390,7 +406,7 @@ def test_mixed_traffic_no_growth_no_errors(spawn_gateway):
           f"{sum(r['clean_closes'] for r in results)}, aborts {sum(r['aborts'] for r in results)}, silent "
           f"{sum(r['silent'] for r in results)}, stuck cycles {sum(r['stuck_cycles'] for r in results)} "
           f"closed with {total('stuck_close_codes')}; writer timeouts {writer_timeouts:.0f}, egress drops "
-          f"{drops:.0f}; active at start {active_start:.0f}, after {left:.0f} with {parked} sockets still open "
+          f"{drops:.0f}; tables at start {stats_start}; active at start {active_start:.0f}, after {left:.0f} with {parked} sockets still open "
           f"client-side; gateway CPU {cpu / elapsed * 100:.0f}%; RSS start {rss_start / 2**20:.1f} MiB, "
           f"end {rss_end / 2**20:.1f} MiB", flush=True)
 
@@ -406,7 +422,9 @@ def test_mixed_traffic_no_growth_no_errors(spawn_gateway):
     assert g.metric("wsprism_decode_errors_total", text) == 0
     assert g.metric("wsprism_service_errors_total", text) == 0
 
-    # no room or per-user entry left behind
+    # no session, room or per-user entry left behind
+    stats_end = g.stats()
+    assert stats_end == {"sessions": 0, "rooms": 0, "users": 0}, stats_end
     rooms = [f"r{i}" for i in range(MIX_ROOMS)] + [f"flood{w}" for w in range(PROCS)]
 
     async def probes():
@@ -416,6 +434,7 @@ def test_mixed_traffic_no_growth_no_errors(spawn_gateway):
             await probe_user(g, user, rooms)
     asyncio.run(probes())
     assert g.wait_sessions(0, 10) == 0
+    assert g.stats() == {"sessions": 0, "rooms": 0, "users": 0}
 
     lines = check_log(g)
     assert len(lines) < 30, lines[-30:]           # nothing is logged per message or per session

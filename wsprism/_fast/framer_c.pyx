@@ -6,7 +6,6 @@ import asyncio
 import secrets
 
 cimport cython
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.time cimport timespec
 from picows.picows cimport WSCloseCode, WSFrame, WSMsgType, WSTransport
@@ -14,7 +13,7 @@ from picows.picows cimport WSCloseCode, WSFrame, WSMsgType, WSTransport
 import msgspec
 
 from .bucket_c cimport TokenBucket
-from .fanout_c cimport S_CLOSING, S_OPEN, Endpoint, broadcast, build_frame_ptr
+from .fanout_c cimport S_CLOSING, S_OPEN, Endpoint, broadcast, build_frame, build_frame_ptr
 from .hotheader_c cimport H_BAD_FLAGS, H_OK, H_SHORT, HotAllowlist, HotHeader, hot_parse
 from .utf8_c cimport utf8_valid_ptr
 
@@ -138,22 +137,10 @@ cdef class Session(Endpoint):
         self._enqueue(build_frame_ptr(0x1, <const unsigned char*>PyBytes_AS_STRING(data), len(data)), False)
 
     def send_binary(self, data) -> None:
-        cdef Py_buffer view
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            frame = build_frame_ptr(0x2, <const unsigned char*>view.buf, view.len)
-        finally:
-            PyBuffer_Release(&view)
-        self._enqueue(frame, False)
+        self._enqueue(build_frame(0x2, data), False)
 
     def send_lossy(self, data) -> bool:
-        cdef Py_buffer view
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            frame = build_frame_ptr(0x2, <const unsigned char*>view.buf, view.len)
-        finally:
-            PyBuffer_Release(&view)
-        return self._enqueue(frame, True)
+        return self._enqueue(build_frame(0x2, data), True)
 
     cpdef send_error(self, str code, str msg, object seq=_UNSET):
         self.send(_encode_error(code, msg, seq, self.next_trace_id()))

@@ -62,3 +62,12 @@ def test_metric_names_labels_and_hostile_input(gateway_factory):
     hot_count = re.search(r'wsprism_dispatch_duration_seconds_count\{lane="hot",tenant="acme"\} (\S+)', text)
     assert float(hot_count.group(1)) == 1.0       # 70 frames, 1 in 64 timed
     assert re.search(r'wsprism_ws_upgrades_total\{status="101",tenant="acme"\} 1\.0', text)
+
+
+def test_demo_page_only_when_enabled(gateway_factory):
+    on = gateway_factory(YAML.replace('listen: "127.0.0.1:0"', 'listen: "127.0.0.1:0"\n  demo: true'))
+    status, headers, body = http_get(on.port, "/demo/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"/v1/ws" in body
+    off = gateway_factory(YAML)
+    assert http_get(off.port, "/demo/")[0] == 404

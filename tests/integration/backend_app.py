@@ -8,12 +8,14 @@ answer, so one route covers every good and bad answer:
     {"status": 500}            that status with a JSON body
     {"raw": "text"}            200 with that body (not JSON)
     {"huge": n, "chunked": b}  200 with n bytes (with or without Content-Length)
+    {"gzip": 1}                200, gzip-encoded: 16 MiB of JSON once decompressed
     {"sleep": s, "answer": …}  wait s seconds first
     absent                     200 {"reply": <the request body the backend received>}
 
 `/auth` decides by ticket (see `auth`). Every request's raw body is kept in `requests`.
 """
 import asyncio
+import gzip
 import json
 import socket
 import threading
@@ -22,6 +24,9 @@ import time
 from aiohttp import web
 
 from tests.client import http_get
+
+
+BOMB = gzip.compress(b" " * (16 * 1024 * 1024) + b"{}", 1)
 
 
 def free_port() -> int:
@@ -118,6 +123,8 @@ class BackendServer:
             return web.json_response({"error": "boom"}, status=do["status"])
         if "raw" in do:
             return web.Response(text=do["raw"], content_type="text/plain")
+        if "gzip" in do:       # 16 KiB on the wire, 16 MiB once decompressed
+            return web.Response(body=BOMB, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
         if "huge" in do:
             return await self._huge(request, do["huge"], do.get("chunked", False))
         return web.json_response(do.get("answer", {}))

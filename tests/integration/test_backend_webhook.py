@@ -143,6 +143,7 @@ BAD_ANSWERS = {
     "not_json": {"raw": "<html>oops</html>"},
     "ten_mb_with_length": {"huge": 10 * 1024 * 1024},
     "ten_mb_chunked": {"huge": 10 * 1024 * 1024, "chunked": True},
+    "gzip_bomb": {"gzip": 1},
     "unknown_field": {"answer": {"replay": 1}},
     "publish_not_a_list": {"answer": {"publish": {"room": "r"}}},
     "publish_bad_room": {"answer": {"publish": [{"room": "bad room", "svc": "s", "type": "t"}]}},

@@ -54,6 +54,7 @@ class HttpClient:
             session = self._session = aiohttp.ClientSession(
                 connector=connector, headers=_HEADERS, timeout=aiohttp.ClientTimeout(total=None),
                 read_bufsize=READ_BUFSIZE, cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("Accept-Encoding",),   # answers are small: ask for no compression
             )
         return session
 
@@ -75,8 +76,7 @@ class HttpClient:
                     if size is not None and size > max_body:
                         resp.close()
                         raise BackendFailure(TOO_LARGE, f"answer of {size} bytes (limit {max_body})")
-                    data = await resp.read() if size is not None else await _read_capped(resp, max_body)
-                    return resp.status, data
+                    return resp.status, await _read_capped(resp, max_body)
         except TimeoutError:
             raise BackendFailure(TIMEOUT, "no answer in time") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -96,6 +96,7 @@ class HttpClient:
 
 
 async def _read_capped(resp, max_body: int) -> bytes:
+    """The (decompressed) body, counted as it arrives: a compressed bomb stops at max_body too."""
     content = resp.content
     buf = bytearray()
     while True:

@@ -7,19 +7,17 @@ import asyncio
 import logging
 import time
 
-from .auth import AuthSetupError
+from . import _fast
 from .auth.webhook import WebhookRefused
 from .backend.http import HttpClient
 from .backend.metrics import backend_metrics
 from .core import codes
-from .core.envelope import encode_sys
-from . import _fast
-from .core.envelope import encode_error
-from .core.session import CLOSED, CLOSING, OPEN, PENDING, Session
-from .policy.ext_lane import on_envelope
+from .core.envelope import encode_error, encode_sys
+from .core.session import CLOSED, OPEN, PENDING, Session
 from .core.tenant import TenantRuntime
 from .ops.metrics import TenantStats, make_registry
 from .policy.defender import Defender
+from .policy.ext_lane import on_envelope
 from .policy.ratelimit import new_session_bucket
 from .policy.sessions import over_limit
 from .transport.handshake import Router
@@ -283,5 +281,3 @@ class Gateway:
         self._update_needs_ip()
         log.info("configuration reloaded: %d tenants", len(self.tenants))
 
-
-__all__ = ["Gateway", "AuthSetupError", "CLOSING"]

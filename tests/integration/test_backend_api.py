@@ -32,9 +32,14 @@ tenants:
 
 
 @pytest.fixture(scope="module")
-def g(gateway_factory, tmp_path_factory):
-    bank_file = tmp_path_factory.mktemp("keys") / "bank.key"
-    bank_file.write_text(BANK_KEY + "\n")
+def bank_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("keys") / "bank.key"
+    path.write_text(BANK_KEY + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def g(gateway_factory, bank_file):
     os.environ[ENV] = ACME_KEY
     try:
         return gateway_factory(YAML.format(env=ENV, bank_file=bank_file))
@@ -258,3 +263,28 @@ def test_missing_key_fails_startup(gateway_factory):
     yaml = YAML.format(env="WSPRISM_TEST_UNSET_KEY", bank_file="/nonexistent/key")
     with pytest.raises(ConfigError, match="WSPRISM_TEST_UNSET_KEY"):
         gateway_factory(yaml)
+
+
+def test_reload_rereads_a_rotated_key_file_and_keeps_keys_it_cannot_read(g, bank_file):
+    from wsprism.config import parse_config
+
+    yaml = YAML.format(env=ENV, bank_file=bank_file)
+    bank_file.write_text("bank-rotated-key-000000000000")
+    try:
+        os.environ[ENV] = ACME_KEY
+        g.call(lambda: g.gw.reload(parse_config(yaml)))
+        assert call(g, "GET", "/v1/stats?tenant=bank", key=BANK_KEY)[0] == 401
+        assert call(g, "GET", "/v1/stats?tenant=bank", key="bank-rotated-key-000000000000")[0] == 200
+        del os.environ[ENV]                  # unreadable now: the previous keys stay
+        bank_file.write_text(BANK_KEY)
+        g.call(lambda: g.gw.reload(parse_config(yaml)))
+        assert call(g, "GET", "/v1/stats?tenant=acme")[0] == 200
+        assert call(g, "GET", "/v1/stats?tenant=bank", key="bank-rotated-key-000000000000")[0] == 200
+    finally:
+        os.environ.pop(ENV, None)
+        bank_file.write_text(BANK_KEY)
+        os.environ[ENV] = ACME_KEY
+        g.call(lambda: g.gw.reload(parse_config(yaml)))
+        call(g, "GET", "/v1/stats?tenant=acme")
+        del os.environ[ENV]
+    assert call(g, "GET", "/v1/stats?tenant=bank", key=BANK_KEY)[0] == 200

@@ -7,7 +7,7 @@
     GET  /v1/stats?tenant=                                           → {"sessions","rooms","users"}
 
 `Authorization: Bearer <key>`; each key belongs to one tenant (`gateway.api.keys`, read
-from env or file at start and again after a reload that changes them). No or an unknown
+from env or file at start and again after each reload, so a key file can be rotated). No or an unknown
 key → 401; a key of another tenant (or of no configured tenant) → 403. Bodies are strict
 JSON (unknown fields, wrong types → 400 naming the field), at most MAX_BODY bytes (413).
 Every answer is JSON; errors are `{"error": "...", "field"?: "..."}`. A request is
@@ -205,7 +205,7 @@ class ApiServer:
 
     def _maybe_reload_keys(self) -> None:
         cfg = self.gateway.config.gateway.api
-        if cfg is None or cfg is self.cfg or cfg.keys == self.cfg.keys:
+        if cfg is None or cfg is self.cfg:
             return
         try:
             self.keys = read_keys(cfg)

@@ -45,8 +45,8 @@ END = "<!-- bench:results:end -->"
 SUITE = [
     ("connect", ["--conns", "50", "--rate", "200,0"]),
     ("ping", ["--conns", "100", "--rate", "100,0", "--inflight", "1,16"]),
-    ("chat", ["--conns", "1000", "--rate", "20,50,100,150"]),
-    ("hot", ["--conns", "1000", "--rate", "20,50,100,150"]),
+    ("chat", ["--conns", "1000", "--rate", "20,50,100,150", "--duration", "1.5", "--drain", "1"]),
+    ("hot", ["--conns", "1000", "--rate", "20,50,100,150", "--duration", "1.5", "--drain", "1"]),
     ("idle", ["--conns", "5000", "--warmup", "0", "--duration", "1"]),  # holding time only
 ]
 FIXED = {"connect": 200.0, "ping": 100.0, "chat": 20.0, "hot": 20.0}

@@ -155,10 +155,8 @@ def fmt_value(v: float | None, kind: str) -> str:
     if kind == "rate":
         if v >= 1e6:
             return f"{v / 1e6:.2f}M"
-        if v >= 1e4:
+        if v >= 999.5:
             return f"{v / 1e3:.1f}k"
-        if v >= 1e3:
-            return f"{v / 1e3:.2f}k"
         return f"{v:.0f}"
     if kind == "us":
         return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
@@ -173,8 +171,10 @@ def fmt_value(v: float | None, kind: str) -> str:
 
 def fmt_cell(cell: Cell, m: Metric, spread: bool = True) -> str:
     text = fmt_value(cell.median, m.fmt)
-    if spread and m.spread and cell.lo is not None and cell.hi != cell.lo:
-        text += f" [{fmt_value(cell.lo, m.fmt)}-{fmt_value(cell.hi, m.fmt)}]"
+    if spread and m.spread and cell.lo is not None:
+        lo, hi = fmt_value(cell.lo, m.fmt), fmt_value(cell.hi, m.fmt)
+        if lo != hi:
+            text += f" [{lo}-{hi}]"
     return text
 
 
@@ -329,8 +329,9 @@ def _git_commit() -> str | None:
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "wsprism"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "wsprism"],
+            capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("+dirty" if dirty else "")) if head else None

@@ -1,7 +1,9 @@
-"""benches/ holds pytest-benchmark micro-benchmarks (run them with `pytest benches/`).
+"""benches/ holds pytest-benchmark micro-benchmarks, run by path
+(e.g. `pytest benches/bench_kernels.py`), next to the load generator's programs.
 
 The default `pytest` run only looks in tests/ (pyproject testpaths). The load generator's
-scripts, baseline servers and configs here are programs, not tests: never collect them.
+scripts, baseline servers, configs and results here are programs and data, not tests:
+they are never collected, even when benches/ is given to pytest.
 """
 collect_ignore = ["load.py", "run_all.py"]
 collect_ignore_glob = ["baselines/*", "configs/*", "results/*"]

@@ -2,6 +2,7 @@
 """Compiled outbound side: frames built once, corked per loop turn, fanned out.
 The logic and its documentation live in fanout_py.py (the twin)."""
 import asyncio
+import logging
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -15,6 +16,7 @@ PENDING = S_PENDING
 OPEN = S_OPEN
 CLOSING = S_CLOSING
 CLOSED = S_CLOSED
+_log = logging.getLogger("wsprism.fanout")
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 
@@ -65,7 +67,10 @@ cdef class Corker:
         self.scheduled = False
         self.dirty = []
         for endpoint in dirty:
-            endpoint.flush()
+            try:
+                endpoint.flush()
+            except Exception:       # one broken transport must not stall the others
+                _log.exception("flush failed for %r", endpoint)
 
 
 cdef class Endpoint(WSListener):

@@ -13,8 +13,11 @@ A server frame is the same bytes for every recipient, so a room fan-out builds i
 asyncio's pause_writing) and count it as a drop; reliable frames are always queued.
 """
 import asyncio
+import logging
 
 from picows import WSListener
+
+_log = logging.getLogger("wsprism.fanout")
 
 # session states
 PENDING = 0      # upgraded, not yet admitted (e.g. webhook auth under way)
@@ -61,7 +64,10 @@ class Corker:
         dirty = self.dirty
         self.dirty = []
         for endpoint in dirty:
-            endpoint.flush()
+            try:
+                endpoint.flush()
+            except Exception:       # one broken transport must not stall the others
+                _log.exception("flush failed for %r", endpoint)
 
 
 class Endpoint(WSListener):

@@ -7,12 +7,14 @@ import asyncio
 import logging
 import time
 
+import msgspec
+
 from . import _fast
 from .auth.webhook import WebhookRefused
 from .backend.http import HttpClient
 from .backend.metrics import backend_metrics
 from .core import codes
-from .core.envelope import encode_error, encode_sys
+from .core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_error, encode_sys
 from .core.session import CLOSED, OPEN, PENDING, Session
 from .core.tenant import TenantRuntime
 from .ops.metrics import TenantStats, make_registry
@@ -205,6 +207,8 @@ class Gateway:
             return
         self.set_expiry(session, ident.exp)
         session.send(encode_sys("refreshed", data={"exp": None if ident.exp is None else int(ident.exp)}))
+        if env.flags & FLAG_ACK_REQUESTED and env.seq is not msgspec.UNSET:
+            session.send(encode_ack(env.seq))           # after the answer, as for any service
 
     def _count_auth(self, tenant_id: str, outcome: str) -> None:
         key = (tenant_id, outcome)

@@ -137,7 +137,15 @@ def test_refresh_asks_the_webhook(g):
         assert error_of(msg) == "AUTH_FAILED" and msg["seq"] == 4
         msg = await request(ws, {"v": 1, "svc": "sys", "type": "refresh", "data": {"ticket": "deny"}})
         assert error_of(msg) == "AUTH_FAILED"
-        assert await request(ws, PING) == PONG
+        # with ACK_REQUESTED, the ack follows the webhook's answer, as for any service
+        msg = await request(ws, {"v": 1, "svc": "sys", "type": "refresh", "seq": 8, "flags": 4,
+                                 "data": {"ticket": "exp:60:gina"}})
+        assert msg["type"] == "refreshed"
+        assert await recv_json(ws) == {"v": 1, "svc": "sys", "type": "ack", "seq": 8}
+        msg = await request(ws, {"v": 1, "svc": "sys", "type": "refresh", "seq": 9, "flags": 4,
+                                 "data": {"ticket": "deny"}})
+        assert error_of(msg) == "AUTH_FAILED" and msg["seq"] == 9
+        assert await request(ws, PING) == PONG          # no ack after a refusal
         await ws.close()
     run(main())
     user = g.call(lambda: [s.user for s in g.tenant("hook").sessions.all_sessions()])

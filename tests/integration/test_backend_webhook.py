@@ -57,7 +57,7 @@ def outcomes(g, svc="bk") -> dict:
     return g.call(lambda: dict(g.tenant().forwarders[svc].outcomes))
 
 
-def test_backend_gets_the_envelope_byte_for_byte(g, backend):
+def test_backend_gets_the_validated_envelope_with_data_verbatim(g, backend):
     original = '{"v":1,  "svc":"bk", "type":"hello","seq":5 ,"data":{"x":[1, 2.50, "\\u00e9"]}}'
 
     async def main():
@@ -75,7 +75,25 @@ def test_backend_gets_the_envelope_byte_for_byte(g, backend):
     assert re.fullmatch(r"[0-9a-f]{16}-\d+", sent["trace_id"])
     assert sent["msg"] == json.loads(original)
     raw = [b for b in backend.bodies("/svc") if b'"type":"hello"' in b][-1]
-    assert b'"msg":' + original.encode() in raw          # embedded, not re-encoded
+    # the envelope is re-encoded from what was validated; `data` travels verbatim
+    assert b'"msg":{"v":1,"svc":"bk","type":"hello","seq":5,"data":{"x":[1, 2.50, "\\u00e9"]}}' in raw
+
+
+def test_duplicate_keys_cannot_smuggle_another_type_to_the_backend(g, backend):
+    """With duplicate keys the last one wins for the allowlist, and the backend is told
+    exactly that value, whatever its own JSON parser would have picked."""
+    sneaky = '{"v":1,"svc":"bk","type":"admin_wipe","type":"hello","seq":6}'
+
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        await ws.send(sneaky)
+        reply = await recv_json(ws)
+        await ws.close()
+        return reply
+    reply = run(main())
+    assert reply["data"]["msg"]["type"] == "hello"
+    raw = [b for b in backend.bodies("/svc") if b'"seq":6' in b][-1]
+    assert b"admin_wipe" not in raw
 
 
 def test_reply_without_seq_carries_none(g):

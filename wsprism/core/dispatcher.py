@@ -12,7 +12,7 @@ import msgspec
 from .._fast import counters as c
 from ..services import chat, room
 from ..services import sys as sys_service
-from ..services.base import ServiceError
+from ..services.base import DEFERRED, ServiceError
 from . import codes
 from .envelope import FLAG_ACK_REQUESTED, encode_ack
 
@@ -40,7 +40,7 @@ def dispatch(session, env, payload: bytes) -> None:
     session.lane.bump(c.C_EXT_ALLOW)
     t0 = perf_counter()
     try:
-        handler(session, env)
+        result = handler(session, env)
     except ServiceError as exc:
         stats.service_errors_ext += 1
         session.send_error(exc.code, exc.msg, env.seq)
@@ -52,5 +52,5 @@ def dispatch(session, env, payload: bytes) -> None:
         return
     finally:
         stats.dispatch_ext.observe(perf_counter() - t0)
-    if env.flags & FLAG_ACK_REQUESTED and env.seq is not _UNSET:
+    if result is not DEFERRED and env.flags & FLAG_ACK_REQUESTED and env.seq is not _UNSET:
         session.send(encode_ack(env.seq))

@@ -15,7 +15,7 @@ FLAG_ROOM_PRESENT = 0x02
 FLAG_ACK_REQUESTED = 0x04
 
 
-class Envelope(msgspec.Struct, forbid_unknown_fields=True):
+class Envelope(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     v: int
     svc: Annotated[str, msgspec.Meta(min_length=1)]
     type: Annotated[str, msgspec.Meta(min_length=1)]

@@ -16,8 +16,12 @@ class ServiceError(Exception):
         self.msg = msg
 
 
-# handler(session, envelope) -> None; raises ServiceError
+# handler(session, envelope) -> None | DEFERRED; raises ServiceError
 Handler = Callable[..., None]
+
+# Returned by a handler whose answer comes later (an awaited backend call): the
+# dispatcher then sends no ack, and the handler's continuation sends it after the answer.
+DEFERRED = object()
 
 
 def require_room(env) -> str:

@@ -4,7 +4,7 @@ import msgspec
 from ..auth import AuthError
 from ..core import codes
 from ..core.envelope import PONG, encode_sys
-from .base import ServiceError, decode_data
+from .base import DEFERRED, ServiceError, decode_data
 
 
 class RefreshData(msgspec.Struct):
@@ -23,7 +23,7 @@ def refresh(session, env) -> None:
     auth = session.tenant.authenticator
     if auth.deferred:
         session.gateway.refresh_deferred(session, data.ticket, env)
-        return
+        return DEFERRED
     try:
         ident = auth.authenticate(data.ticket)
     except AuthError as exc:

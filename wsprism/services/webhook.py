@@ -25,7 +25,7 @@ import msgspec
 from ..backend.http import BackendFailure
 from ..backend.metrics import WEBHOOK_OUTCOMES, Histogram
 from ..core import codes
-from ..core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_error, encode_message
+from ..core.envelope import FLAG_ACK_REQUESTED, Envelope, encode_ack, encode_error, encode_message
 from ..core.rooms import ROOM_NAME
 from ..core.session import OPEN
 
@@ -44,7 +44,8 @@ class WebhookRequest(msgspec.Struct):
     user: str
     sid: str
     trace_id: str
-    msg: msgspec.Raw
+    msg: Envelope       # re-encoded from what was validated: with duplicate keys in the
+                        # client's JSON, the backend sees the svc/type the allowlist saw
 
 
 class Publish(msgspec.Struct, forbid_unknown_fields=True):
@@ -128,8 +129,7 @@ class Forwarder:
         if _now() >= deadline:
             self._fail(session, env, trace_id, "timeout", "timed out while queued behind earlier messages")
             return
-        body = _encode_request(WebhookRequest(self.tenant_id, session.user, session.sid, trace_id,
-                                              msgspec.Raw(payload)))
+        body = _encode_request(WebhookRequest(self.tenant_id, session.user, session.sid, trace_id, env))
         t0 = time.perf_counter()
         try:
             status, raw = await session.gateway.http.post_json(self.url, body, deadline, MAX_ANSWER_BYTES)

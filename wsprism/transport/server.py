@@ -46,6 +46,7 @@ async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: b
         )
         return proto
 
+    tls = {"ssl": ssl, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT} if ssl is not None else {}
     return await loop.create_server(
-        protocol_factory, host or None, port, ssl=ssl, reuse_port=reuse_port or None, backlog=4096,
+        protocol_factory, host or None, port, reuse_port=reuse_port or None, backlog=4096, **tls,
     )

@@ -6,6 +6,9 @@ Groups:
 - hot_frame: one Hot Lane frame through a real Session, whole per-frame path (size,
   rate limit, header, allowlist, active room, relay frame built once, fan-out to a room
   whose one member is over its high-water mark so nothing is written).
+- hot_checks_inline: the same Session, a frame that passes size, rate limit, header and
+  allowlist and is then dropped (silently) at the active-room check: the per-frame
+  checks as the framer runs them, plus one call into `on_binary`.
 - hot_checks: header parse + allowlist + bucket as three calls from Python (includes
   the Python call overhead that the framer does not pay: it runs them inline in C).
 - ext_policy: a 100-byte chat:send envelope through UTF-8 check, strict decode and
@@ -55,6 +58,19 @@ def test_hot_frame(benchmark, impl):
     frame = bytes([1, 1, 0x01, 1, 0, 0, 0]) + b"p" * 64
     benchmark(s.on_binary, frame)
     assert s.lane.snapshot()[ns.framer.C_HOT_ALLOW] > 0
+    loop.close()
+
+
+def test_hot_checks_inline(benchmark, impl):
+    name, ns = impl
+    benchmark.group = "hot_checks_inline"
+    benchmark.name = name
+    loop = asyncio.new_event_loop()
+    s = make_session(ns, loop)
+    s.room_members = None                         # fails the last check, silently
+    frame = bytes([1, 1, 0x01, 1, 0, 0, 0]) + b"p" * 64
+    benchmark(s.on_binary, frame)
+    assert s.lane.snapshot()[ns.framer.C_HOT_NO_ACTIVE_ROOM] > 0
     loop.close()
 
 

@@ -62,7 +62,9 @@ def run_suite(out: Path, quick: bool) -> None:
     for scenario, extra in SUITE:  # a scenario's own timing options come last and win
         t0 = time.monotonic()
         print(f"== {scenario}", file=sys.stderr, flush=True)
-        bench([scenario, "--spawn", str(CONFIG), "--baseline", *timing, *extra, "--json", str(out)])
+        code = bench([scenario, "--spawn", str(CONFIG), "--baseline", *timing, *extra, "--json", str(out)])
+        if code == 130:  # interrupted (Ctrl-C or SIGTERM): stop the whole suite
+            raise SystemExit(130)
         print(f"   {scenario}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
 

@@ -333,7 +333,13 @@ class Mixed:
         rng = random.Random(self.a.worker * 100003 + idx)
         user = f"m{self.a.worker}x{idx}"
         first = True
+        generation = 0
         while not self.stopping:
+            if vanisher:
+                # a new user each time: the vanished session of the previous one still
+                # counts (its rooms against max_rooms_per_user) until the gateway reclaims it
+                user = f"m{self.a.worker}x{idx}g{generation}"
+                generation += 1
             c = await self.connect(user)
             if first:
                 ready.set()

@@ -344,9 +344,10 @@ def test_mixed_traffic_no_growth_no_errors(spawn_gateway):
     per = [SESSIONS // PROCS + (1 if i < SESSIONS % PROCS else 0) for i in range(PROCS)]
     vanish = max(1, SESSIONS // 40)               # 2.5 % vanish (half abort, half go silent)
     stuck = max(1, SESSIONS // 400)               # 0.25 % stop reading in a flooded room
+    stuck_w, vanish_w = max(1, stuck // PROCS), max(1, vanish // PROCS)     # per client process
     ps = [subprocess.Popen(worker_cmd("mixed", g.url(), w, sessions=per[w], duration=SECONDS,
-                                      rooms=MIX_ROOMS, stuck=max(1, stuck // PROCS),
-                                      vanish=max(1, vanish // PROCS), flood_rate=400, stuck_for=40),
+                                      rooms=MIX_ROOMS, stuck=stuck_w, vanish=vanish_w, flood_rate=400,
+                                      stuck_for=40),
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, cwd=ROOT)
           for w in range(PROCS)]
@@ -430,7 +431,9 @@ def test_mixed_traffic_no_growth_no_errors(spawn_gateway):
     async def probes():
         dirty = await probe_rooms(g, rooms)
         assert not dirty, dirty[:10]
-        for user in ("m0x10", f"m{PROCS - 1}x{per[-1] - 1}", "s0x1", "f0"):
+        # ordinary users (they reconnected under the same name), a vanished one, a stuck
+        # one and a flooder
+        for user in (f"m0x{per[0] - 1}", f"m{PROCS - 1}x{per[-1] - 1}", f"m0x{1 + stuck_w}g0", "s0x1", "f0"):
             await probe_user(g, user, rooms)
     asyncio.run(probes())
     assert g.wait_sessions(0, 10) == 0

@@ -10,6 +10,7 @@ import time
 import msgspec
 
 from . import _fast
+from .auth import make_authenticator
 from .auth.webhook import WebhookRefused
 from .backend.http import HttpClient
 from .backend.metrics import backend_metrics
@@ -261,7 +262,9 @@ class Gateway:
         new_gw = new_config.gateway
         for key, old, new in restart_changes(self.config, new_config):
             log.warning("%s changed: needs a restart to take effect", key)
-        # build everything first so nothing is half-applied
+        # everything that can fail (auth secrets, key files) first, so nothing is half-applied
+        for tcfg in new_config.tenants:
+            make_authenticator(tcfg.auth)
         staged = {}
         for tcfg in new_config.tenants:
             current = self.tenants.get(tcfg.id)
@@ -281,7 +284,11 @@ class Gateway:
         self.config = new_config
         self.defender.reconfigure(new_gw.handshake_limit, new_gw.trusted_proxies)
         self.metrics_path = new_gw.metrics.path.encode() if new_gw.metrics.enabled else None
-        self.high_water = new_gw.outbound_high_water_bytes
+        if self.high_water != new_gw.outbound_high_water_bytes:
+            self.high_water = new_gw.outbound_high_water_bytes
+            for tenant in self.tenants.values():
+                for session in tenant.sessions.all_sessions():
+                    session.transport.underlying_transport.set_write_buffer_limits(high=self.high_water)
         self._update_needs_ip()
         log.info("configuration reloaded: %d tenants", len(self.tenants))
 

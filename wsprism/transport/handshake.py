@@ -99,9 +99,9 @@ class Router:
         ip = ""
         defender = gw.defender
         if defender.enabled or gw.needs_peer_ip:
-            ip = peer_ip(proto)
+            # the client's address: the TCP peer, or X-Forwarded-For from a trusted proxy
+            ip = defender.client_ip(peer_ip(proto), headers.get("X-Forwarded-For"))
             if defender.enabled:
-                ip = defender.client_ip(ip, headers.get("X-Forwarded-For"))
                 verdict = defender.check(ip)
                 if verdict is not None:
                     reason, retry = verdict

@@ -13,8 +13,25 @@ from picows.picows import WSProtocol
 HANDSHAKE_TIMEOUT = 5.0        # seconds for a client to send its whole upgrade request
 READ_BUFFER_INIT = 4096        # picows' per-connection read buffer (grows for big frames)
 
+
+
+class _ClientFaults(logging.Filter):
+    """picows logs a client's malformed frames ("WS parser error") at ERROR. They are the
+    client's fault, not the gateway's: they go to DEBUG, so no client can flood the log
+    or trip an alert on ERROR lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("WS parser error"):
+            _log.debug("client protocol error: %s", record.getMessage())
+            return False
+        return True
+
+
+_log = logging.getLogger("wsprism.transport")
+_picows_base = logging.getLogger("wsprism.picows")
+_picows_base.addFilter(_ClientFaults())
 # A LoggerAdapter stops picows from creating a child logger per connection.
-_picows_logger = logging.LoggerAdapter(logging.getLogger("wsprism.picows"), {})
+_picows_logger = logging.LoggerAdapter(_picows_base, {})
 
 
 def transport_frame_limit(config) -> int:

@@ -19,7 +19,7 @@ cdef class Endpoint(WSListener):
     cdef public int state
     cdef public bint paused
     cdef public Corker corker
-    cdef list _out
+    cdef object _out          # None, one frame (bytes), or a list of frames
     cdef bint _enqueue(self, bytes frame, bint lossy) except -1
     cpdef flush(self)
 

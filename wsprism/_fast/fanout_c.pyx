@@ -86,11 +86,13 @@ cdef class Endpoint(WSListener):
             return True
         if lossy and self.paused:
             return False
-        if self._out is None:
-            self._out = [frame]
+        if self._out is None:             # the turn's first frame: no list (no GC-tracked object)
+            self._out = frame
             self.corker.add(self)
+        elif type(self._out) is bytes:
+            self._out = [self._out, frame]
         else:
-            self._out.append(frame)
+            (<list>self._out).append(frame)
         return True
 
     def enqueue(self, bytes frame, bint lossy=False) -> bool:
@@ -100,20 +102,22 @@ cdef class Endpoint(WSListener):
 
     cpdef flush(self):
         global _scratch, _scratch_cap
-        cdef list out = self._out
+        cdef object pending = self._out
         cdef WSTransport tr = self.transport
+        cdef list out
         cdef bytes f
         cdef Py_ssize_t total = 0, pos = 0, n
         cdef char* grown
-        if out is None:
+        if pending is None:
             return
         self._out = None
         if tr is None or tr.is_disconnected or tr.is_close_frame_sent:
             return
-        if len(out) == 1:
-            f = <bytes>out[0]
+        if type(pending) is bytes:
+            f = <bytes>pending
             tr._fast_write(PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
             return
+        out = <list>pending
         for f in out:
             total += PyBytes_GET_SIZE(f)
         if total > _scratch_cap:

@@ -90,9 +90,11 @@ class Endpoint(WSListener):
         if lossy and self.paused:
             return False
         out = self._out
-        if out is None:
-            self._out = [frame]
+        if out is None:               # the turn's first frame: no list (no GC-tracked object)
+            self._out = frame
             self.corker.add(self)
+        elif type(out) is bytes:
+            self._out = [out, frame]
         else:
             out.append(frame)
         return True
@@ -106,7 +108,7 @@ class Endpoint(WSListener):
         tr = self.transport
         if tr is None or tr.is_disconnected or tr.is_close_frame_sent:
             return
-        tr.underlying_transport.write(out[0] if len(out) == 1 else b"".join(out))
+        tr.underlying_transport.write(out if type(out) is bytes else b"".join(out))
 
 
 def broadcast(members, frame: bytes, lossy: bool) -> int:

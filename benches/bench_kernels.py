@@ -49,28 +49,23 @@ def make_session(ns, loop):
     return s
 
 
-def test_hot_frame(benchmark, impl):
+HOT_FRAME = bytes([1, 1, 0x01, 1, 0, 0, 0]) + b"p" * 64
+
+
+@pytest.mark.parametrize("group,in_room,counter", [
+    ("hot_frame", True, "C_HOT_ALLOW"),                   # relayed
+    ("hot_checks_inline", False, "C_HOT_NO_ACTIVE_ROOM"),  # all checks, then dropped silently
+])
+def test_hot_session(benchmark, impl, group, in_room, counter):
     name, ns = impl
-    benchmark.group = "hot_frame"
+    benchmark.group = group
     benchmark.name = name
     loop = asyncio.new_event_loop()
     s = make_session(ns, loop)
-    frame = bytes([1, 1, 0x01, 1, 0, 0, 0]) + b"p" * 64
-    benchmark(s.on_binary, frame)
-    assert s.lane.snapshot()[ns.framer.C_HOT_ALLOW] > 0
-    loop.close()
-
-
-def test_hot_checks_inline(benchmark, impl):
-    name, ns = impl
-    benchmark.group = "hot_checks_inline"
-    benchmark.name = name
-    loop = asyncio.new_event_loop()
-    s = make_session(ns, loop)
-    s.room_members = None                         # fails the last check, silently
-    frame = bytes([1, 1, 0x01, 1, 0, 0, 0]) + b"p" * 64
-    benchmark(s.on_binary, frame)
-    assert s.lane.snapshot()[ns.framer.C_HOT_NO_ACTIVE_ROOM] > 0
+    if not in_room:
+        s.room_members = None
+    benchmark(s.on_binary, HOT_FRAME)
+    assert s.lane.snapshot()[getattr(ns.framer, counter)] > 0
     loop.close()
 
 

@@ -459,6 +459,21 @@ class RoomConn(BenchConn):
         else:
             self.transport.send(TEXT, CHAT % (w.spec.room, now, self.gid, self.pad))
 
+    def delivered(self, now: int, ts: int) -> None:
+        """Count one room message received at `now` that was sent at `ts` (ns)."""
+        self.recv_total += 1
+        w = self.w
+        if w.m0 <= now < w.m1:
+            self.recv_arr += 1
+        if w.m0 <= ts < w.m1:
+            self.recv_win += 1
+            lat = now - ts
+            u = lat >> FINE_SHIFT
+            if 0 <= u < FINE_N:
+                w.fine[u] += 1
+            else:
+                w.record(lat)
+
 
 class ChatConn(RoomConn):
     def on_ws_frame(self, transport, frame) -> None:
@@ -469,19 +484,7 @@ class ChatConn(RoomConn):
             return
         now = time.monotonic_ns()
         j = p.find(HASH, i + 1)
-        ts = int(p[i + 1:j])
-        self.recv_total += 1
-        w = self.w
-        if w.m0 <= now < w.m1:
-            self.recv_arr += 1
-        if w.m0 <= ts < w.m1:
-            self.recv_win += 1
-            lat = now - ts
-            u = lat >> FINE_SHIFT
-            if 0 <= u < FINE_N:
-                w.fine[u] += 1
-            else:
-                w.record(lat)
+        self.delivered(now, int(p[i + 1:j]))
 
 
 class HotConn(RoomConn):
@@ -491,20 +494,7 @@ class HotConn(RoomConn):
         if len(p) < 15 or p[0] != 1:
             self.control(transport, frame)
             return
-        now = time.monotonic_ns()
-        ts = HOT.unpack_from(p)[3]
-        self.recv_total += 1
-        w = self.w
-        if w.m0 <= now < w.m1:
-            self.recv_arr += 1
-        if w.m0 <= ts < w.m1:
-            self.recv_win += 1
-            lat = now - ts
-            u = lat >> FINE_SHIFT
-            if 0 <= u < FINE_N:
-                w.fine[u] += 1
-            else:
-                w.record(lat)
+        self.delivered(time.monotonic_ns(), HOT.unpack_from(p)[3])
 
 
 async def run_room(w: Worker) -> None:

@@ -163,6 +163,16 @@ class Gateway:
         self.http.spawn(self._deferred_auth(session, session.tenant.authenticator))
 
     async def _deferred_auth(self, session, auth) -> None:
+        try:
+            await self._deferred_auth_steps(session, auth)
+        except Exception:               # a bug must not leave a session PENDING forever
+            log.exception('tenant "%s": auth webhook handling failed', session.tenant.id)
+            if session.state == PENDING:
+                session.state = OPEN
+                session.send_error(codes.INTERNAL, "internal error")
+                session.close(codes.CLOSE_INTERNAL, "internal error")
+
+    async def _deferred_auth_steps(self, session, auth) -> None:
         tenant = session.tenant
         ticket, session.pending_ticket = session.pending_ticket, None
         try:
@@ -233,6 +243,8 @@ class Gateway:
         if self.draining:
             return
         self.draining = True
+        for tenant in self.tenants.values():
+            tenant.rooms.presence_events = False    # everyone goes: no user_left storm (N²)
         grace = self.config.gateway.drain_grace_ms / 1000.0
         sessions = [s for t in self.tenants.values() for s in t.sessions.all_sessions()]
         log.info("draining %d sessions over %.1fs", len(sessions), grace)
@@ -247,7 +259,7 @@ class Gateway:
                     s.close(codes.CLOSE_DRAINING, "server draining")
                 if spread and i + 1 < batches:
                     await asyncio.sleep(spread / batches)
-        # pending (not yet admitted) sessions are closed too
+        # sessions still waiting for their auth webhook close when it answers (1001)
         remaining = self.session_count()
         if remaining:
             try:
@@ -278,6 +290,7 @@ class Gateway:
         self.tenants.update(staged)
         for tid in removed:
             tenant = self.tenants.pop(tid)
+            tenant.rooms.presence_events = False
             for s in tenant.sessions.all_sessions():
                 s.close(codes.CLOSE_DRAINING, "tenant removed")
         # listen/workers/tls keep their running values until a restart

@@ -74,3 +74,51 @@ def test_client_protocol_errors_are_not_logged_as_errors(g, caplog):
         assert (await request(ws, {"v": 1, "svc": "sys", "type": "ping"}))["type"] == "pong"
         await ws.close()
     run(still_fine())
+
+
+BULK = """
+version: 1
+gateway:
+  listen: "127.0.0.1:0"
+  outbound_high_water_bytes: 65536
+  writer_send_timeout_ms: 60000
+tenants:
+  - id: bulk
+    limits: {max_frame_bytes: 65536}
+    policy:
+      ext_allowlist: ["room:*", "chat:send", "sys:*"]
+      rate_limit_rps: 100000
+      rate_limit_burst: 100000
+"""
+
+
+def test_peer_that_closes_then_stops_reading_is_reaped(gateway_factory):
+    """A client sends CLOSE while the gateway holds megabytes for it and never reads
+    again: the socket is aborted about 1 s later instead of waiting forever."""
+    from tests.client import mask_frame
+
+    g = gateway_factory(BULK)
+    stuck = raw_upgrade(g.port, "tenant=bulk&ticket=dev:closer", rcvbuf=4096)
+    stuck.sendall(mask_frame(1, b'{"v":1,"svc":"room","type":"join","room":"big"}'))
+    time.sleep(0.2)
+
+    async def flood():
+        sender, _ = await connect_authed(g.url("bulk", "dev:flooder"), max_queue=None)
+        assert (await request(sender, {"v": 1, "svc": "room", "type": "join", "room": "big"}))["type"] == "joined"
+        blob = "x" * 60000
+        for _ in range(150):                    # 9 MB for the stuck member
+            await sender.send('{"v":1,"svc":"chat","type":"send","room":"big","data":{"msg":"%s"}}' % blob)
+        await asyncio.sleep(0.5)
+        return sender
+    import asyncio
+    loop = asyncio.new_event_loop()
+    sender = loop.run_until_complete(flood())
+    before = g.call(lambda: g.tenant("bulk").sessions.count)
+    stuck.sendall(mask_frame(8, (1000).to_bytes(2, "big")))   # CLOSE, then never read again
+    deadline = time.monotonic() + 4
+    while g.call(lambda: g.tenant("bulk").sessions.count) >= before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert g.call(lambda: g.tenant("bulk").sessions.count) == before - 1
+    loop.run_until_complete(sender.close())
+    loop.close()
+    stuck.close()

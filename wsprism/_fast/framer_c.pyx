@@ -86,6 +86,8 @@ cdef class LanePolicy:
         self.bucket = bucket
 
     def bump(self, int idx, unsigned long long n=1) -> None:
+        if not 0 <= idx < _N_COUNTERS:
+            raise IndexError("list index out of range")
         self.counts_[idx] += n
 
     def snapshot(self) -> list:
@@ -134,6 +136,8 @@ cdef class Session(Endpoint):
 
     # -- sending -----------------------------------------------------------------------
     cpdef send(self, bytes data):
+        if data is None:
+            raise TypeError("send() needs bytes, not None")
         self._enqueue(build_frame_ptr(0x1, <const unsigned char*>PyBytes_AS_STRING(data), len(data)), False)
 
     def send_binary(self, data) -> None:
@@ -248,6 +252,9 @@ cdef class Session(Endpoint):
             self.gateway.detach(self)
             transport.send_close(<WSCloseCode>code)
         transport.disconnect()
+        if self.close_handle is None:   # a peer that stops reading cannot hold the socket
+            self.close_handle = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, (<object>transport).disconnect, False)
 
     # -- both lanes --------------------------------------------------------------------
     cdef int _too_large(self, bint binary) except -1:

@@ -263,6 +263,9 @@ class Session(Endpoint):
             self.gateway.detach(self)
             transport.send_close(code)
         transport.disconnect()
+        if self.close_handle is None:   # a peer that stops reading cannot hold the socket
+            self.close_handle = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, transport.disconnect, False)
 
     # -- both lanes --------------------------------------------------------------------
     def _too_large(self, binary: bool) -> None:

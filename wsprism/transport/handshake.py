@@ -87,13 +87,6 @@ class Router:
         if not _is_upgrade(headers):
             return self._reject(unknown, 426, "upgrade required: this endpoint speaks WebSocket", "not_upgrade",
                                 {"Upgrade": "websocket"})
-        connection = headers.get("Connection", "")
-        if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
-            headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
-        try:
-            _validate_upgrade_request(request)
-        except RuntimeError:
-            return self._reject(unknown, 400, "bad WebSocket upgrade request", "bad_request")
         if gw.draining:
             return self._reject(unknown, 503, "draining", "draining")
         ip = ""
@@ -106,6 +99,13 @@ class Router:
                 if verdict is not None:
                     reason, retry = verdict
                     return self._reject(unknown, 429, "too many handshakes", reason, {"Retry-After": str(retry)})
+        connection = headers.get("Connection", "")
+        if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
+            headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
+        try:
+            _validate_upgrade_request(request)
+        except RuntimeError:
+            return self._reject(unknown, 400, "bad WebSocket upgrade request", "bad_request")
         try:
             tenant_id, ticket, sid = parse_query(query)
         except BadQuery as exc:

@@ -34,11 +34,14 @@ _picows_base.addFilter(_ClientFaults())
 _picows_logger = logging.LoggerAdapter(_picows_base, {})
 
 
+TRANSPORT_FRAME_FLOOR = 1 << 20
+
+
 def transport_frame_limit(config) -> int:
-    """picows' own frame limit: twice the largest tenant limit. Frames between a
-    tenant's limit and this get PAYLOAD_TOO_LARGE + 1009 from us; bigger ones are cut
-    by picows with 1009 alone, before they are buffered."""
-    return 2 * max(t.limits.max_frame_bytes for t in config.tenants) + 1024
+    """picows' own frame limit: twice the largest tenant limit, and at least 1 MiB.
+    Frames between a tenant's limit and this get PAYLOAD_TOO_LARGE + 1009 from us;
+    bigger ones are cut by picows with 1009 alone, before they are buffered."""
+    return max(TRANSPORT_FRAME_FLOOR, 2 * max(t.limits.max_frame_bytes for t in config.tenants) + 1024)
 
 
 async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: bool = False):

@@ -249,3 +249,19 @@ def test_one_clients_bad_input_does_not_touch_another(g):
         assert await request(good, PING) == PONG
         await good.close()
     run(main())
+
+
+@pytest.mark.parametrize("frame,seq", [
+    ('{"v":2,"svc":"sys","type":"ping","seq":8,"newfield":true}', 8),   # v2 fields v1 does not know
+    ('{"v":2}', None),
+    ('{"v":3,"svc":"","seq":"x"}', None),
+])
+def test_other_version_wins_over_v1_validation(g, frame, seq):
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        await ws.send(frame)
+        msg = await recv_json(ws)
+        assert error_of(msg) == "UNSUPPORTED_VERSION"
+        assert msg.get("seq") == seq
+        assert await expect_close(ws) == 1008
+    run(main())

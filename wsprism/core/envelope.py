@@ -44,6 +44,30 @@ def decode_envelope(payload: bytes) -> Envelope:
     return env
 
 
+class _VersionOnly(msgspec.Struct):
+    """Lenient: only what decides UNSUPPORTED_VERSION for a message v1 cannot decode."""
+
+    v: int
+    seq: Any = None
+
+
+_version_decoder = msgspec.json.Decoder(_VersionOnly)
+
+
+def peek_version(payload: bytes) -> tuple[int, int | None] | None:
+    """(v, seq) of a message that is not a valid v1 envelope, when it is at least a JSON
+    object with an integer `v`; None otherwise. Used on the error path only: a message of
+    another version may carry fields v1 does not know, and must hear about its version."""
+    try:
+        found = _version_decoder.decode(payload)
+    except _DECODE_ERRORS:
+        return None
+    seq = found.seq
+    if type(seq) is not int or not 0 <= seq <= U64_MAX:
+        seq = None
+    return found.v, seq
+
+
 def _short_reason(exc: Exception) -> str:
     if isinstance(exc, RecursionError):
         return "JSON nested too deeply"

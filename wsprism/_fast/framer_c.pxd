@@ -45,7 +45,7 @@ cdef class Session(Endpoint):
     cdef public object ticket_exp
     cdef public object pending_ticket
     cdef public TokenBucket bucket
-    cdef public list rooms
+    cdef public dict rooms
     cdef public dict room_members
     cdef public double rl_notice_at
     cdef public object exp_handle

@@ -112,7 +112,7 @@ cdef class Session(Endpoint):
         self.ticket_exp = exp
         self.pending_ticket = None
         self.bucket = None
-        self.rooms = []
+        self.rooms = {}
         self.room_members = None
         self.rl_notice_at = -1.0
         self.exp_handle = None
@@ -128,7 +128,7 @@ cdef class Session(Endpoint):
     # -- identity ----------------------------------------------------------------------
     @property
     def active_room(self):
-        return self.rooms[len(self.rooms) - 1] if self.rooms else None
+        return next(reversed(self.rooms), None)
 
     def next_trace_id(self) -> str:
         self.n_traces += 1

@@ -123,7 +123,7 @@ class Session(Endpoint):
         self.ticket_exp = exp
         self.pending_ticket = None
         self.bucket = None
-        self.rooms = []              # joined rooms, least recently (re)joined first
+        self.rooms = {}              # joined rooms (name -> None), least recently (re)joined first
         self.room_members = None     # the active room's members, kept by the room table
         self.rl_notice_at = -1.0
         self.exp_handle = None
@@ -139,8 +139,7 @@ class Session(Endpoint):
     # -- identity ----------------------------------------------------------------------
     @property
     def active_room(self):
-        rooms = self.rooms
-        return rooms[-1] if rooms else None
+        return next(reversed(self.rooms), None)
 
     def next_trace_id(self) -> str:
         self.n_traces += 1

@@ -50,8 +50,8 @@ class RoomTable:
         it with `announce_join` after answering the joiner)."""
         room = self.rooms.get(name)
         if room is not None and session in room.members:
-            session.rooms.remove(name)
-            session.rooms.append(name)
+            del session.rooms[name]             # re-join: make it the active room again
+            session.rooms[name] = None
             session.room_members = room.members
             return False
         user = session.user
@@ -72,7 +72,7 @@ class RoomTable:
         room.users[user] = room.users.get(user, 0) + 1
         mine = self.user_rooms.setdefault(user, {})
         mine[name] = mine.get(name, 0) + 1
-        session.rooms.append(name)
+        session.rooms[name] = None
         session.room_members = room.members
         return first_of_user
 
@@ -88,8 +88,8 @@ class RoomTable:
         if room is None or session not in room.members:
             return False
         del room.members[session]
-        session.rooms.remove(name)
-        active = session.rooms[-1] if session.rooms else None
+        del session.rooms[name]
+        active = next(reversed(session.rooms), None)
         session.room_members = self.rooms[active].members if active is not None else None
         user = session.user
         left_room = room.users[user] == 1

@@ -197,10 +197,23 @@ class Gateway:
 
     def refresh_deferred(self, session, ticket: str, env) -> None:
         """`sys:refresh` on a webhook tenant: the answer (`refreshed` or AUTH_FAILED)
-        arrives once the webhook has answered; the session keeps working meanwhile."""
+        arrives once the webhook has answered; the session keeps working meanwhile. One
+        refresh at a time per session: a second one meanwhile is RESOURCE_EXHAUSTED (no
+        session can tie up the backend's connection pool, and answers cannot cross)."""
+        if session.refreshing:
+            from .services.base import ServiceError
+
+            raise ServiceError(codes.RESOURCE_EXHAUSTED, "a refresh is already under way")
+        session.refreshing = True
         self.http.spawn(self._deferred_refresh(session, session.tenant.authenticator, ticket, env))
 
     async def _deferred_refresh(self, session, auth, ticket: str, env) -> None:
+        try:
+            await self._deferred_refresh_steps(session, auth, ticket, env)
+        finally:
+            session.refreshing = False
+
+    async def _deferred_refresh_steps(self, session, auth, ticket: str, env) -> None:
         tenant = session.tenant
         try:
             ident = await auth.check(self.http, tenant.id, ticket, session.ip, session.sid)

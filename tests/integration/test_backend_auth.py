@@ -64,7 +64,6 @@ REFUSED = {
     "status_403": ("hook", "deny"),
     "status_500": ("hook", "500"),
     "not_json": ("hook", "nonjson"),
-    "unknown_field": ("hook", "extra:bob"),
     "exp_in_the_past": ("hook", "past:bob"),
     "no_user": ("hook", "nouser"),
     "timeout": ("hook", "hang"),
@@ -83,6 +82,30 @@ def test_refused_is_auth_failed_then_4007(g, case):
         assert error_of(msg) == "AUTH_FAILED"
         assert await expect_close(ws) == 4007
         assert time.monotonic() - t0 < 1.5
+    run(main())
+
+
+def test_extra_fields_in_the_answer_are_ignored(g):
+    """SPEC 10: any 2xx with {"user", "exp"?} accepts, whatever else the backend adds."""
+    async def main():
+        ws = await connect(g.url("hook", "extra:bob"))
+        authed = await recv_json(ws)
+        assert authed["type"] == "authed" and authed["data"]["user"] == "bob"
+        await ws.close()
+    run(main())
+
+
+def test_one_refresh_at_a_time(g):
+    async def main():
+        ws = await connect(g.url("hook", "ok:rosa"))
+        assert (await recv_json(ws))["type"] == "authed"
+        await send_json(ws, {"v": 1, "svc": "sys", "type": "refresh", "seq": 1, "data": {"ticket": "slow:0.15:rosa"}})
+        second = await request(ws, {"v": 1, "svc": "sys", "type": "refresh", "seq": 2, "data": {"ticket": "ok:rosa"}})
+        assert error_of(second) == "RESOURCE_EXHAUSTED" and second["seq"] == 2
+        assert (await recv_json(ws))["type"] == "refreshed"
+        third = await request(ws, {"v": 1, "svc": "sys", "type": "refresh", "data": {"ticket": "ok:rosa"}})
+        assert third["type"] == "refreshed"                    # free again once answered
+        await ws.close()
     run(main())
 
 

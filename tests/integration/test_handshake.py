@@ -146,6 +146,18 @@ def test_tenant_full_is_503_retry_after_and_exact(g):
     run(main())
 
 
+def test_same_sid_reconnect_at_the_tenant_cap_is_not_refused(g):
+    async def main():
+        a, _ = await connect_authed(g.url("tiny", "dev:tab", sid="t1"))
+        b, _ = await connect_authed(g.url("tiny", "dev:other"))
+        assert upgrade(g, "tenant=tiny&ticket=dev:third")[0] == 503          # full
+        again, _ = await connect_authed(g.url("tiny", "dev:tab", sid="t1"))  # the same tab
+        assert (await recv_json(a))["data"]["reason"] == "replaced"
+        assert await expect_close(a) == 4003
+        await again.close(); await b.close()
+    run(main())
+
+
 def test_same_sid_replaces_the_live_session(g):
     async def main():
         old, _ = await connect_authed(g.url(ticket="dev:rita", sid="tab"))

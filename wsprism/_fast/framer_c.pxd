@@ -57,6 +57,7 @@ cdef class Session(Endpoint):
     cdef public bint seen
     cdef public int idle_ticks
     cdef public bint registered
+    cdef public bint refreshing
 
     cpdef send(self, bytes data)
     cpdef send_error(self, str code, str msg, object seq=*)

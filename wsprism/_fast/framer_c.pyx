@@ -124,6 +124,7 @@ cdef class Session(Endpoint):
         self.seen = True
         self.idle_ticks = 0
         self.registered = False
+        self.refreshing = False
 
     # -- identity ----------------------------------------------------------------------
     @property

@@ -108,7 +108,7 @@ class Session(Endpoint):
     __slots__ = (
         "gateway", "tenant", "lane", "user", "sid", "trace_id", "ip", "ticket_exp", "pending_ticket",
         "bucket", "rooms", "room_members", "rl_notice_at", "exp_handle", "close_handle", "slow_handle",
-        "frag", "frag_binary", "n_traces", "seen", "idle_ticks", "registered",
+        "frag", "frag_binary", "n_traces", "seen", "idle_ticks", "registered", "refreshing",
     )
 
     def __init__(self, gateway, tenant, user, sid, ip, exp) -> None:
@@ -135,6 +135,7 @@ class Session(Endpoint):
         self.seen = True
         self.idle_ticks = 0
         self.registered = False
+        self.refreshing = False      # a webhook refresh is under way
 
     # -- identity ----------------------------------------------------------------------
     @property

@@ -34,7 +34,7 @@ class AuthRequest(msgspec.Struct):
     sid: str | None
 
 
-class AuthAnswer(msgspec.Struct, forbid_unknown_fields=True):
+class AuthAnswer(msgspec.Struct):          # other fields (roles, ...) are ignored
     user: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     exp: Annotated[float, msgspec.Meta(gt=0, le=1e11)] | None = None   # unix seconds
 

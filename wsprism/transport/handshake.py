@@ -115,7 +115,7 @@ class Router:
             return self._reject(unknown, 400, "unknown tenant", "unknown_tenant")
         stats = tenant.stats
         limit = tenant.limits.max_sessions_total
-        if limit and tenant.sessions.count >= limit:
+        if limit and tenant.sessions.count >= limit and not _replaces_live(tenant, ticket, sid):
             return self._reject(stats, 503, "tenant at max_sessions_total", "tenant_full", {"Retry-After": "1"})
         auth = tenant.authenticator
         if auth.deferred:
@@ -127,6 +127,18 @@ class Router:
                 return self._reject(stats, 401, "ticket rejected", "auth_failed")
         stats.count_upgrade(101, None)
         return gw.new_session(tenant, user, sid, ip, exp, ticket if auth.deferred else None)
+
+
+def _replaces_live(tenant, ticket: str, sid: str | None) -> bool:
+    """A reconnect of a live (user, sid) replaces it and must not be refused as one
+    session too many: "a reconnecting tab never counts twice" (SPEC 1)."""
+    if sid is None or tenant.authenticator.deferred:
+        return False
+    try:
+        user = tenant.authenticator.authenticate(ticket).user
+    except AuthError:
+        return False
+    return tenant.sessions.find(user, sid) is not None
 
 
 def peer_ip(proto) -> str:

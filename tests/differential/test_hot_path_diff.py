@@ -72,7 +72,8 @@ entries = st.lists(st.tuples(st.integers(0, 255), st.one_of(st.integers(0, 255),
 
 
 @settings(max_examples=200, deadline=None)
-@given(entries, st.lists(st.tuples(st.integers(-2, 300), st.integers(-2, 300)), max_size=30))
+@given(entries, st.lists(st.tuples(st.integers(-2**70, 2**70) | st.integers(-2, 300),
+                                    st.integers(-2**70, 2**70) | st.integers(-2, 300)), max_size=30))
 def test_hot_allowlist_twins_agree(ents, probes):
     texts = [f"{s}:{o}" for s, o in ents]
     c, p = hotheader_c.HotAllowlist(texts), hotheader_py.HotAllowlist(texts)

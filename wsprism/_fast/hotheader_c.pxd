@@ -20,4 +20,3 @@ cdef class HotAllowlist:
     cdef inline bint allows_c(self, unsigned int svc, unsigned int op) noexcept nogil:
         cdef unsigned int idx = (svc << 8) | op
         return (self._bits[idx >> 3] >> (idx & 7)) & 1
-    cpdef bint allows(self, int svc, int op)

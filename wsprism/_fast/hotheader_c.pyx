@@ -63,7 +63,7 @@ cdef class HotAllowlist:
     def bits(self) -> bytes:
         return self._bits[:8192]
 
-    cpdef bint allows(self, int svc, int op):
+    def allows(self, svc, op) -> bool:
         if not (0 <= svc < 256 and 0 <= op < 256):
             return False
         return self.allows_c(svc, op)

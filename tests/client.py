@@ -156,7 +156,7 @@ def read_frames(s: socket.socket, timeout: float) -> list[tuple[int, bytes]]:
 
 
 def mask_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A client frame (masked, as RFC 6455 requires)."""
+    """A client frame (masked, as RFC 6455 requires); fast enough for 10 MB payloads."""
     import os as _os
 
     head = bytes([(0x80 if fin else 0) | opcode])
@@ -168,7 +168,9 @@ def mask_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
     else:
         head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
     key = _os.urandom(4)
-    return head + key + bytes(b ^ key[i & 3] for i, b in enumerate(payload))
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key * (n // 4 + 1), "little")
+              ).to_bytes(n + 4, "little")[:n] if n else b""
+    return head + key + masked
 
 
 def close_code_of(frames) -> int | None:

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from tests.client import (
+    mask_frame,
     TIMEOUT, UPGRADE_HEADERS, connect_authed, error_of, expect_close, http_get, recv_json, request, run, send_json,
 )
 
@@ -71,18 +72,7 @@ class Raw:
         return raw
 
     async def send(self, opcode: int, payload: bytes, fin: bool = True) -> None:
-        head = bytes([(0x80 if fin else 0) | opcode])
-        n = len(payload)
-        if n < 126:
-            head += bytes([0x80 | n])
-        elif n < 65536:
-            head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-        else:
-            head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-        key = os.urandom(4)
-        masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key * (n // 4 + 1), "little")
-                  ).to_bytes(n + 4, "little")[:n] if n else b""
-        self.w.write(head + key + masked)
+        self.w.write(mask_frame(opcode, payload, fin))
         await self.w.drain()
 
     async def send_text(self, data, fin: bool = True) -> None:

@@ -3,7 +3,6 @@ answer (error envelope, close code, or the session survives), a well-behaved cli
 connected meanwhile is untouched, and the gateway stays healthy."""
 import asyncio
 import json
-import os
 
 import pytest
 

@@ -23,6 +23,8 @@ from .policy.defender import Defender
 from .policy.ext_lane import on_envelope
 from .policy.ratelimit import new_session_bucket
 from .policy.sessions import over_limit
+from .services.base import ServiceError
+from .services.sys import confirm_refresh
 from .transport.handshake import Router
 
 log = logging.getLogger("wsprism.gateway")
@@ -139,11 +141,12 @@ class Gateway:
             tenant = session.tenant
             tenant.sessions.remove(session)
             tenant.rooms.leave_all(session)
-        for name in ("exp_handle", "slow_handle"):
-            handle = getattr(session, name)
-            if handle is not None:
-                handle.cancel()
-                setattr(session, name, None)
+        if session.exp_handle is not None:
+            session.exp_handle.cancel()
+            session.exp_handle = None
+        if session.slow_handle is not None:
+            session.slow_handle.cancel()
+            session.slow_handle = None
 
     def on_disconnected(self, session) -> None:
         if session.state == CLOSED:
@@ -201,8 +204,6 @@ class Gateway:
         refresh at a time per session: a second one meanwhile is RESOURCE_EXHAUSTED (no
         session can tie up the backend's connection pool, and answers cannot cross)."""
         if session.refreshing:
-            from .services.base import ServiceError
-
             raise ServiceError(codes.RESOURCE_EXHAUSTED, "a refresh is already under way")
         session.refreshing = True
         self.http.spawn(self._deferred_refresh(session, session.tenant.authenticator, ticket, env))
@@ -219,18 +220,19 @@ class Gateway:
             ident = await auth.check(self.http, tenant.id, ticket, session.ip, session.sid)
         except WebhookRefused as exc:
             self._count_auth(tenant.id, exc.outcome)
-            ident, reason = None, "token refused"
+            ident = None
         else:
             self._count_auth(tenant.id, "ok")
-            reason = None if ident.user == session.user else "token is for another user"
         if session.state != OPEN:
             return
-        if reason is not None:
+        try:
+            if ident is None:
+                raise ServiceError(codes.AUTH_FAILED, "token refused")
+            confirm_refresh(session, ident)
+        except ServiceError as exc:
             tenant.stats.service_errors_ext += 1
-            session.send_error(codes.AUTH_FAILED, reason, env.seq)
+            session.send_error(exc.code, exc.msg, env.seq)
             return
-        self.set_expiry(session, ident.exp)
-        session.send(encode_sys("refreshed", data={"exp": None if ident.exp is None else int(ident.exp)}))
         if env.flags & FLAG_ACK_REQUESTED and env.seq is not msgspec.UNSET:
             session.send(encode_ack(env.seq))           # after the answer, as for any service
 

@@ -98,13 +98,7 @@ def encode_ack(seq: int) -> bytes:
 
 def encode_sys(type_: str, room: str | None = None, data: Any = msgspec.UNSET, **extra: Any) -> bytes:
     """A `sys` message: `{"v":1,"svc":"sys","type":...,"room"?:...,"data"?:...}`."""
-    out: dict[str, Any] = {"v": 1, "svc": "sys", "type": type_}
-    if room is not None:
-        out["room"] = room
-    if data is not msgspec.UNSET:
-        out["data"] = data
-    out.update(extra)
-    return _encoder.encode(out)
+    return encode_message("sys", type_, room, data, **extra)
 
 
 def encode_message(svc: str, type_: str, room: str | None, data: Any, **extra: Any) -> bytes:

@@ -14,12 +14,9 @@ from .._fast import TokenBucket
 
 class Defender:
     def __init__(self, cfg, trusted_proxies) -> None:
-        self.enabled = cfg.enabled
-        self.cfg = cfg
         self.global_bucket = TokenBucket(cfg.global_rps, cfg.global_burst)
         self.per_ip: OrderedDict[str, TokenBucket] = OrderedDict()
-        self.max_entries = cfg.max_ip_entries
-        self.trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+        self.reconfigure(cfg, trusted_proxies)
 
     def reconfigure(self, cfg, trusted_proxies) -> None:
         self.enabled = cfg.enabled

@@ -1,6 +1,4 @@
 """What a service handler is and how it reports an error to the client."""
-from collections.abc import Callable
-
 import msgspec
 
 from ..core import codes
@@ -16,8 +14,7 @@ class ServiceError(Exception):
         self.msg = msg
 
 
-# handler(session, envelope) -> None | DEFERRED; raises ServiceError
-Handler = Callable[..., None]
+# A handler is `handler(session, envelope) -> None | DEFERRED`; it raises ServiceError.
 
 # Returned by a handler whose answer comes later (an awaited backend call): the
 # dispatcher then sends no ack, and the handler's continuation sends it after the answer.

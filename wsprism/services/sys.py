@@ -28,6 +28,11 @@ def refresh(session, env) -> None:
         ident = auth.authenticate(data.ticket)
     except AuthError as exc:
         raise ServiceError(codes.AUTH_FAILED, str(exc)) from None
+    confirm_refresh(session, ident)
+
+
+def confirm_refresh(session, ident) -> None:
+    """Take a checked new ticket (either auth path): same user, new expiry, `refreshed`."""
     if ident.user != session.user:
         raise ServiceError(codes.AUTH_FAILED, "token is for another user")
     session.gateway.set_expiry(session, ident.exp)

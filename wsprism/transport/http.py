@@ -9,12 +9,8 @@ def plain(status: int, body: str, headers: dict | None = None) -> WSUpgradeRespo
     if headers:
         hdrs.update(headers)
     data = (body + "\n").encode()
-    if status < 400:
+    if status == 200:
         resp = WSUpgradeResponse.create_ok_response(data, hdrs)
-        if status != 200:
-            from http import HTTPStatus
-
-            resp.status = HTTPStatus(status)
     else:
         resp = WSUpgradeResponse.create_error_response(status, data, hdrs)
     return WSUpgradeResponseWithListener(resp, None)

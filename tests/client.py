@@ -7,6 +7,17 @@ import websockets
 
 TIMEOUT = 3.0
 
+PING = {"v": 1, "svc": "sys", "type": "ping"}
+PONG = {"v": 1, "svc": "sys", "type": "pong"}
+
+
+def joined(room: str) -> dict:
+    return {"v": 1, "svc": "sys", "type": "joined", "room": room}
+
+
+def left(room: str) -> dict:
+    return {"v": 1, "svc": "sys", "type": "left", "room": room}
+
 
 async def connect(url: str, **kw):
     return await websockets.connect(url, open_timeout=TIMEOUT, close_timeout=2, max_size=None, **kw)

@@ -10,14 +10,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.client import UPGRADE_HEADERS, connect_authed, error_of, expect_close, http_get, request, run
+from tests.client import PONG, UPGRADE_HEADERS, connect_authed, error_of, expect_close, http_get, request, run
 
 SECRET_ENV = "WSPRISM_TEST_AUTH_HS_SECRET"
 SECRET = "s3cr3t-for-the-auth-tests-0123456789abcdef"
 STATIC_A = "tk-alice-5b7e0c1d9f"
 STATIC_B = "tk-bob-a41c6e2f08"
 
-PONG = {"v": 1, "svc": "sys", "type": "pong"}
 
 YAML = """
 version: 1

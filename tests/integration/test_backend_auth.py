@@ -6,11 +6,9 @@ import time
 
 import pytest
 
-from tests.client import connect, error_of, expect_close, expect_silence, recv_json, request, run, send_json
+from tests.client import PING, PONG, connect, error_of, expect_close, expect_silence, recv_json, request, run, send_json
 from tests.integration.backend_app import BackendServer, free_port, sample, scrape
 
-PING = {"v": 1, "svc": "sys", "type": "ping"}
-PONG = {"v": 1, "svc": "sys", "type": "pong"}
 
 YAML = """
 version: 1

@@ -16,11 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.client import connect_authed, recv_json, request, run
+from tests.client import PING, connect_authed, recv_json, request, run
 from tests.integration.test_backend_api import ACME_KEY, call
 
 ENV = "WSPRISM_TEST_TLS_API_KEY"
-PING = {"v": 1, "svc": "sys", "type": "ping"}
 
 
 def make_cert(directory) -> tuple[str, str]:

@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from tests.client import (
+    PONG, joined,
     connect_authed, error_of, expect_close, recv_json, request, run, send_json,
 )
 
@@ -39,8 +40,6 @@ tenants:
       ext_allowlist: ["room:*"]
 """
 
-PONG = {"v": 1, "svc": "sys", "type": "pong"}
-
 
 @pytest.fixture(scope="module")
 def g(gateway_factory):
@@ -48,9 +47,6 @@ def g(gateway_factory):
 
 
 # -- helpers -------------------------------------------------------------------------
-
-def joined(room: str) -> dict:
-    return {"v": 1, "svc": "sys", "type": "joined", "room": room}
 
 
 def chat_msg(room: str, user: str, text: str) -> dict:

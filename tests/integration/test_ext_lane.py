@@ -3,7 +3,7 @@ import asyncio
 
 import pytest
 
-from tests.client import connect_authed, error_of, expect_close, expect_silence, recv_json, request, run, send_json
+from tests.client import PING, PONG, connect_authed, error_of, expect_close, expect_silence, recv_json, request, run, send_json
 
 YAML = """
 version: 1
@@ -37,9 +37,6 @@ tenants:
     policy:
       ext_allowlist: []
 """
-
-PING = {"v": 1, "svc": "sys", "type": "ping"}
-PONG = {"v": 1, "svc": "sys", "type": "pong"}
 
 
 @pytest.fixture(scope="module")

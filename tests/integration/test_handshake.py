@@ -1,7 +1,7 @@
 """SPEC section 1 / 14: every pre-upgrade answer, over real sockets."""
 import pytest
 
-from tests.client import UPGRADE_HEADERS, connect_authed, expect_close, http_get, recv_json, run, connect
+from tests.client import UPGRADE_HEADERS, connect_authed, expect_close, http_get, recv_json, run
 
 YAML = """
 version: 1

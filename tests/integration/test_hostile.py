@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.client import (
+    PING, PONG,
     mask_frame,
     TIMEOUT, UPGRADE_HEADERS, connect_authed, error_of, expect_close, http_get, recv_json, request, run, send_json,
 )
@@ -34,8 +35,6 @@ tenants:
       rate_limit_burst: 10000
 """
 
-PONG = {"v": 1, "svc": "sys", "type": "pong"}
-PING = {"v": 1, "svc": "sys", "type": "ping"}
 PING_TEXT = json.dumps(PING)
 ARENA = "arena"
 

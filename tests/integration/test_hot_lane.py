@@ -6,6 +6,7 @@ import time
 import pytest
 
 from tests.client import (
+    PING, PONG,
     connect_authed, error_of, expect_close, expect_silence, http_get, mask_frame, raw_upgrade, recv,
     recv_json, request, run,
 )
@@ -51,8 +52,6 @@ tenants:
 """
 
 JOIN = {"v": 1, "svc": "room", "type": "join", "room": "arena"}
-PING = {"v": 1, "svc": "sys", "type": "ping"}
-PONG = {"v": 1, "svc": "sys", "type": "pong"}
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ def test_start_bad_config_and_usage_exit_2(tmp_path):
 def test_python_dash_m_and_startup_lines(spawn):
     p = spawn('version: 1\ngateway: {listen: "127.0.0.1:PORT"}\ntenants: [{id: acme}, {id: beta}]\n')
     text = p.text()
-    assert f"INFO" in text and f"wsPrism Gateway active at 127.0.0.1:{p.port}" in text
+    assert "INFO" in text and f"wsPrism Gateway active at 127.0.0.1:{p.port}" in text
     assert 'Loaded configuration for tenant: "acme"' in text
     assert 'Loaded configuration for tenant: "beta"' in text
     assert "WARNING" in text and "dev" in text

@@ -3,7 +3,7 @@ import asyncio
 
 import pytest
 
-from tests.client import connect_authed, error_of, expect_close, recv_json, request, run, send_json
+from tests.client import PONG, joined, left, connect_authed, error_of, expect_close, recv_json, request, run, send_json
 
 YAML = """
 version: 1
@@ -27,8 +27,6 @@ tenants:
       ext_allowlist: ["room:*", "sys:*"]
 """
 
-PONG = {"v": 1, "svc": "sys", "type": "pong"}
-
 
 @pytest.fixture(scope="module")
 def g(gateway_factory):
@@ -36,13 +34,6 @@ def g(gateway_factory):
 
 
 # -- helpers -------------------------------------------------------------------------
-
-def joined(room: str) -> dict:
-    return {"v": 1, "svc": "sys", "type": "joined", "room": room}
-
-
-def left(room: str) -> dict:
-    return {"v": 1, "svc": "sys", "type": "left", "room": room}
 
 
 async def join(ws, room, **extra) -> dict:

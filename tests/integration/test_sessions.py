@@ -3,7 +3,7 @@ import asyncio
 
 import pytest
 
-from tests.client import connect, connect_authed, error_of, expect_close, recv_json, request, run
+from tests.client import PING, connect, connect_authed, error_of, expect_close, recv_json, request, run
 
 YAML = """
 version: 1
@@ -30,8 +30,6 @@ tenants:
     policy:
       sessions: {mode: multi, max_sessions_per_user: 4, on_exceed: kick_oldest}
 """
-
-PING = {"v": 1, "svc": "sys", "type": "ping"}
 
 
 @pytest.fixture(scope="module")

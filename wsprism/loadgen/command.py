@@ -5,7 +5,6 @@ import argparse
 import json
 import signal
 import sys
-import time
 
 from .report import render_text, summarize
 from .runner import Case, run_once

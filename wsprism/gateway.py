@@ -37,7 +37,7 @@ KICK_EXCEEDED = encode_sys("kicked", data={"reason": "max_sessions_exceeded"})
 
 
 def restart_changes(old, new):
-    """(key, old, new) for each changed setting that only a restart applies."""
+    """The settings that changed and that only a restart applies."""
     og, ng = old.gateway, new.gateway
     pairs = [
         ("gateway.listen", og.listen, ng.listen),
@@ -47,7 +47,7 @@ def restart_changes(old, new):
         ("gateway.api.tls", og.api and og.api.tls, ng.api and ng.api.tls),
         ("broker.url", old.broker and old.broker.url, new.broker and new.broker.url),
     ]
-    return [(k, a, b) for k, a, b in pairs if a != b]
+    return [key for key, a, b in pairs if a != b]
 
 
 class Gateway:
@@ -285,9 +285,8 @@ class Gateway:
     # -- reload ------------------------------------------------------------------------
     def reload(self, new_config) -> None:
         """Apply a new config: tenants' limits and policies change for the next check."""
-        old_gw = self.config.gateway
         new_gw = new_config.gateway
-        for key, old, new in restart_changes(self.config, new_config):
+        for key in restart_changes(self.config, new_config):
             log.warning("%s changed: needs a restart to take effect", key)
         # everything that can fail (auth secrets, key files) first, so nothing is half-applied
         for tcfg in new_config.tenants:

@@ -89,6 +89,8 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"gateway.api.keys.{tenant_id}", "no tenant with this id")
     if cfg.broker is not None:
         _check_url(cfg.broker.url, "broker.url", ("redis://", "rediss://"))
+        if not NAME_RE.fullmatch(cfg.broker.prefix):
+            raise ConfigError("broker.prefix", f"invalid key prefix {cfg.broker.prefix!r} (expected 1-64 of A-Z a-z 0-9 _ . -)")
     return cfg
 
 

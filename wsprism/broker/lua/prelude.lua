@@ -1,0 +1,40 @@
+-- Shared by every script (prepended when the scripts are loaded). All keys are derived
+-- from ARGV (see broker/keys.py); a tenant's keys share one hash tag.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A node counts while its lease (a deadline on Redis' clock) has not passed.
+local function alive(nodes, node, now)
+  local lease = redis.call('ZSCORE', nodes, node)
+  return lease and tonumber(lease) >= now
+end
+
+-- Remove one session (present in the tenant's keys) and its node's index entry.
+local function drop_session(P, user, sid, owner)
+  redis.call('ZREM', P .. 'u:' .. user, sid)
+  redis.call('HDEL', P .. 'un:' .. user, sid)
+  if owner then redis.call('HDEL', P .. 'ns:' .. owner, sid .. ' ' .. user) end
+  redis.call('DECR', P .. 'n')
+  if redis.call('HINCRBY', P .. 'users', user, -1) <= 0 then redis.call('HDEL', P .. 'users', user) end
+end
+
+-- One node stops contributing (room, user). True when the user is now in the room nowhere.
+local function drop_member(P, room, user)
+  local rk = P .. 'r:' .. room
+  local gone = false
+  if redis.call('HINCRBY', rk, user, -1) <= 0 then
+    redis.call('HDEL', rk, user)
+    gone = true
+    if redis.call('EXISTS', rk) == 0 then redis.call('SREM', P .. 'rooms', room) end
+  end
+  local uk = P .. 'ur:' .. user
+  if redis.call('HINCRBY', uk, room, -1) <= 0 then redis.call('HDEL', uk, room) end
+  return gone
+end
+
+local function split(entry)
+  local sp = string.find(entry, ' ', 1, true)
+  return string.sub(entry, 1, sp - 1), string.sub(entry, sp + 1)
+end

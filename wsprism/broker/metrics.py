@@ -1,0 +1,103 @@
+"""The broker's counters, rendered at scrape time (`broker_metrics`), bumped as plain ints.
+
+- `wsprism_broker_up` 1 while both links are up and the node is registered.
+- `wsprism_broker_published_total{lane}` / `wsprism_broker_published_frames_total{lane}`:
+  publishes this node sent (a publish packs every frame for one room of one loop turn).
+- `wsprism_broker_received_total{lane}` / `..._frames_total{lane}`: from other nodes.
+- `wsprism_broker_dropped_total{lane,reason}`: frames not sent to other nodes; reason
+  `down` (no link) or `backlog` (the link is over its mark; lossy frames only, or
+  reliable ones past the hard cap).
+- `wsprism_broker_roundtrip_seconds{op}`: admissions and probes, request to answer.
+- `wsprism_broker_link_lost_total{link,reason}`: a link that went away; reason
+  `closed` (Redis or the network closed it), `evicted` (Redis closed the subscriber while
+  the command link stayed up: this node fell behind, client-output-buffer-limit pubsub),
+  `timeout` (owed answers did not come), `probe` (subscribed but our probe never came back).
+- `wsprism_broker_reconciliations_total{outcome}`: re-registrations after an outage or a
+  Redis that came back empty; `wsprism_broker_reconciled_total{what,outcome}` their items.
+- `wsprism_broker_nodes_reaped_total`: dead nodes this node cleaned up.
+"""
+from bisect import bisect_left
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+LANES = ("ext", "hot")
+DROP_REASONS = ("down", "backlog")
+LINKS = ("command", "subscriber")
+LOSS_REASONS = ("closed", "evicted", "timeout", "probe")
+OPS = ("admit", "join", "probe")
+RTT_BUCKETS = (
+    5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+
+
+class Histogram:
+    __slots__ = ("buckets", "counts", "sum")
+
+    def __init__(self, buckets=RTT_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.buckets, seconds)] += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, total = [], 0
+        for bound, n in zip(self.buckets, self.counts):
+            total += n
+            out.append((repr(bound), total))
+        out.append(("+Inf", total + self.counts[-1]))
+        return out
+
+
+class BrokerStats:
+    __slots__ = (
+        "published", "published_frames", "received", "received_frames", "dropped", "rtt",
+        "link_lost", "reconciliations", "reconciled", "reaped",
+    )
+
+    def __init__(self) -> None:
+        self.published = [0, 0]            # by lane: 0 ext, 1 hot
+        self.published_frames = [0, 0]
+        self.received = [0, 0]
+        self.received_frames = [0, 0]
+        self.dropped = {(lane, r): 0 for lane in LANES for r in DROP_REASONS}
+        self.rtt = {op: Histogram() for op in OPS}
+        self.link_lost = {(link, r): 0 for link in LINKS for r in LOSS_REASONS}
+        self.reconciliations = {"ok": 0, "failed": 0}
+        self.reconciled: dict[tuple[str, str], int] = {}
+        self.reaped = 0
+
+
+def broker_metrics(broker):
+    s = broker.stats
+    up = GaugeMetricFamily("wsprism_broker_up", "1 while this node's links to Redis are up")
+    up.add_metric([], 1 if broker.up else 0)
+    pub = CounterMetricFamily("wsprism_broker_published", "Publishes to other nodes", labels=["lane"])
+    pubf = CounterMetricFamily("wsprism_broker_published_frames", "Frames published to other nodes", labels=["lane"])
+    rcv = CounterMetricFamily("wsprism_broker_received", "Messages received from other nodes", labels=["lane"])
+    rcvf = CounterMetricFamily("wsprism_broker_received_frames", "Frames received from other nodes", labels=["lane"])
+    for i, lane in enumerate(LANES):
+        pub.add_metric([lane], s.published[i])
+        pubf.add_metric([lane], s.published_frames[i])
+        rcv.add_metric([lane], s.received[i])
+        rcvf.add_metric([lane], s.received_frames[i])
+    drop = CounterMetricFamily("wsprism_broker_dropped", "Frames not sent to other nodes", labels=["lane", "reason"])
+    for (lane, reason), n in s.dropped.items():
+        drop.add_metric([lane, reason], n)
+    rtt = HistogramMetricFamily("wsprism_broker_roundtrip_seconds", "Broker round trips", labels=["op"])
+    for op, h in s.rtt.items():
+        rtt.add_metric([op], h.cumulative(), h.sum)
+    lost = CounterMetricFamily("wsprism_broker_link_lost", "Links to Redis lost", labels=["link", "reason"])
+    for (link, reason), n in s.link_lost.items():
+        lost.add_metric([link, reason], n)
+    rec = CounterMetricFamily("wsprism_broker_reconciliations", "Re-registrations with Redis", labels=["outcome"])
+    for outcome, n in s.reconciliations.items():
+        rec.add_metric([outcome], n)
+    items = CounterMetricFamily("wsprism_broker_reconciled", "Items re-registered", labels=["what", "outcome"])
+    for (what, outcome), n in sorted(s.reconciled.items()):
+        items.add_metric([what, outcome], n)
+    reaped = CounterMetricFamily("wsprism_broker_nodes_reaped", "Dead nodes cleaned up by this node")
+    reaped.add_metric([], s.reaped)
+    yield from (up, pub, pubf, rcv, rcvf, drop, rtt, lost, rec, items, reaped)

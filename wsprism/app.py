@@ -59,6 +59,8 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
         api_host = split_listen(api_cfg.listen)[0]
         log.info("server API active at %s://%s:%d", "https" if api_ssl else "http", api_host, api.port)
     gateway.api = api
+    if gateway.cluster is not None:
+        gateway.cluster.start()
     bound = server.sockets[0].getsockname()
     listen = config.gateway.listen if port else f"{host}:{bound[1]}"
     log.info("wsPrism Gateway active at %s", listen)
@@ -92,6 +94,8 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
     await stop.wait()
     await gateway.drain()
     server.close()
+    if gateway.cluster is not None:
+        await gateway.cluster.close()
     if api is not None:
         await api.stop()
     await gateway.http.close()
@@ -104,9 +108,9 @@ def not_yet_supported(config) -> list[str]:
     """Keys the config schema accepts (SPEC sections 11 and 13) that this release does
     not act on yet: said once at start, so no operator relies on them unknowingly."""
     out = []
-    if config.gateway.workers > 1 or config.broker is not None:
-        out.append("gateway.workers/broker: scale-out is not in this release; running one "
-                   "process with everything in memory")
+    if config.broker is not None:
+        out.append("broker: sessions and their limits span every node in this build; rooms, "
+                   "presence and room fan-out are still per process")
     for tenant in config.tenants:
         if tenant.policy.history is not None:
             out.append(f'tenant "{tenant.id}": policy.history is not in this release; room '

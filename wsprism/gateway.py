@@ -14,6 +14,8 @@ from .auth import make_authenticator
 from .auth.webhook import WebhookRefused
 from .backend.http import HttpClient
 from .backend.metrics import backend_metrics
+from .broker.metrics import broker_metrics
+from .cluster import Cluster
 from .core import codes
 from .core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_error, encode_sys
 from .core.session import CLOSED, OPEN, PENDING, Session
@@ -69,6 +71,7 @@ class Gateway:
         self.corker = _fast.Corker()        # one write per connection per loop turn
         self.http = HttpClient()            # the one pooled client for webhooks (backend/http.py)
         self.auth_outcomes: dict[tuple[str, str], int] = {}   # (tenant, outcome) of auth webhooks
+        self.cluster = Cluster(self, config.broker) if config.broker is not None else None
         self._update_needs_ip()
 
     def _update_needs_ip(self) -> None:
@@ -90,25 +93,40 @@ class Gateway:
         self.admit(session)
 
     def admit(self, session) -> None:
-        """The user is known: apply the session policy, then greet with `authed`."""
-        tenant = session.tenant
-        reg = tenant.sessions
+        """The user is known: apply the session policy, then greet with `authed`. With
+        the broker up, Redis decides (cluster.py) and the session waits PENDING."""
         if session.sid is None:
             session.sid = session.trace_id
+        if self.cluster is not None and self.cluster.admit(session):
+            return
+        self.admit_local(session)
+
+    def admit_local(self, session) -> None:
+        """The session policy against this process's own counts."""
+        tenant = session.tenant
+        reg = tenant.sessions
         old = reg.find(session.user, session.sid)
         if old is not None:
-            old.send(KICK_REPLACED)
-            old.close(codes.CLOSE_KICKED, "replaced")
+            self.kick(old, "replaced")
         denied, kick = over_limit(reg, session.user, tenant.policy)
         if denied:
             tenant.stats.handshake_rejections["too_many_sessions"] += 1
-            session.state = OPEN          # so the error frame goes out
-            session.send_error(codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user")
-            session.close(codes.CLOSE_TOO_MANY_SESSIONS, "too many sessions")
+            self.refuse(session, codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user",
+                        codes.CLOSE_TOO_MANY_SESSIONS, "too many sessions")
             return
         for victim in kick:
-            victim.send(KICK_EXCEEDED)
-            victim.close(codes.CLOSE_KICKED, "max sessions exceeded")
+            self.kick(victim, "max_sessions_exceeded")
+        self.complete_admit(session)
+        if self.cluster is not None:
+            self.cluster.admitted_locally(session)
+
+    def complete_admit(self, session) -> None:
+        """Register the admitted session and greet it with `authed`."""
+        tenant = session.tenant
+        reg = tenant.sessions
+        old = reg.find(session.user, session.sid)
+        if old is not None and old is not session:    # a same-sid session Redis did not know
+            self.kick(old, "replaced")
         reg.add(session)
         session.registered = True
         session.state = OPEN
@@ -119,6 +137,18 @@ class Gateway:
             data={"tenant": tenant.id, "user": session.user, "sid": session.sid},
             trace_id=session.trace_id,
         ))
+
+    def kick(self, session, reason: str) -> None:
+        """`kicked` with `reason` (replaced | max_sessions_exceeded), then close 4003."""
+        session.send(KICK_REPLACED if reason == "replaced" else KICK_EXCEEDED)
+        session.close(codes.CLOSE_KICKED, "replaced" if reason == "replaced" else "max sessions exceeded")
+
+    def refuse(self, session, code: str, msg: str, close_code: int, reason: str) -> None:
+        """`sys.error` then close, also for a session still PENDING."""
+        if session.state == PENDING:
+            session.state = OPEN          # so the error frame goes out
+        session.send_error(code, msg)
+        session.close(close_code, reason)
 
     def set_expiry(self, session, exp: float | None) -> None:
         if session.exp_handle is not None:
@@ -141,6 +171,8 @@ class Gateway:
             tenant = session.tenant
             tenant.sessions.remove(session)
             tenant.rooms.leave_all(session)
+            if self.cluster is not None:
+                self.cluster.session_gone(session)
         if session.exp_handle is not None:
             session.exp_handle.cancel()
             session.exp_handle = None
@@ -243,6 +275,8 @@ class Gateway:
     # -- metrics beyond the per-tenant counters ----------------------------------------
     def extra_metrics(self):
         yield from backend_metrics(self)
+        if self.cluster is not None:
+            yield from broker_metrics(self.cluster.broker)
 
     # -- drain -------------------------------------------------------------------------
     def session_count(self) -> int:

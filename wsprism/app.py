@@ -9,17 +9,19 @@ from ._fast import USING_EXTENSIONS
 from .auth import AuthSetupError
 from .config import ConfigError, load_config, split_listen
 from .gateway import Gateway
-from .ops import liveness
+from .ops import hostmetrics, liveness
 from .ops.api import ApiServer
+from .ops.workers import WorkerInfo, supervise
 from .transport.server import start_server
 
 log = logging.getLogger("wsprism")
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", worker: WorkerInfo | None = None) -> None:
+    tag = f" [w{worker.index}]" if worker is not None else ""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-5s %(name)s > %(message)s",
+        format=f"%(asctime)s %(levelname)-5s %(name)s{tag} > %(message)s",
     )
     logging.getLogger("wsprism.picows").setLevel(logging.WARNING)
 
@@ -40,19 +42,23 @@ def make_ssl(tls):
     return ctx
 
 
-async def serve(config, config_path: str | None = None, ready=None) -> int:
-    """Run until drained. `ready(gateway, server)` is called once listening (tests)."""
+async def serve(config, config_path: str | None = None, ready=None, worker: WorkerInfo | None = None) -> int:
+    """Run until drained. `ready(gateway, server)` is called once listening (tests).
+    As one of `gateway.workers` (`worker` given), bind the supervisor's port with
+    SO_REUSEPORT and answer /metrics for the whole host (ops/hostmetrics.py)."""
     gateway = Gateway(config, config_path)
     gateway.stopped = asyncio.Event()
     api_cfg = config.gateway.api
     api = ApiServer(gateway, api_cfg) if api_cfg is not None else None   # reads the API keys
     api_ssl = make_ssl(api_cfg.tls) if api_cfg is not None else None
     host, port = split_listen(config.gateway.listen)
+    if worker is not None:
+        port = worker.port
     server = await start_server(gateway, host, port, ssl=make_ssl(config.gateway.tls),
-                                reuse_port=config.gateway.workers > 1)
+                                reuse_port=worker is not None)
     if api is not None:
         try:
-            await api.start(api_ssl)
+            await api.start(api_ssl, reuse_port=worker is not None)
         except BaseException:
             server.close()
             raise
@@ -88,6 +94,11 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
             loop.add_signal_handler(sig, on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
     sweeper = loop.create_task(liveness.run(gateway))
+    snapshots = collector = None
+    if worker is not None:
+        gateway.metrics_registry, collector = hostmetrics.host_registry(
+            gateway.metrics_registry, worker.run_dir, worker.index)
+        snapshots = loop.create_task(hostmetrics.publish_snapshots(collector))
     gateway.request_stop = stop.set
     if ready is not None:
         ready(gateway, server)
@@ -100,6 +111,9 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
         await api.stop()
     await gateway.http.close()
     sweeper.cancel()
+    if snapshots is not None:
+        snapshots.cancel()
+        hostmetrics.write_snapshot(collector)       # the final counters, for the supervisor
     log.info("stopped")
     return 0
 
@@ -129,8 +143,12 @@ def reload_from_file(gateway) -> bool:
 
 
 def run(config_path: str, log_level: str = "INFO") -> int:
-    setup_logging(log_level)
+    worker = WorkerInfo.from_env()
+    setup_logging(log_level, worker)
     config = load_config(config_path)
+    if worker is None and config.gateway.workers > 1:
+        log.info("wsprism %s: supervising %d workers", __version__, config.gateway.workers)
+        return supervise(config, config_path, log_level)
     install_loop()
     log.info("wsprism %s (compiled fast path %s)", __version__, "active" if USING_EXTENSIONS else "inactive")
-    return asyncio.run(serve(config, config_path))
+    return asyncio.run(serve(config, config_path, worker=worker))

@@ -153,12 +153,12 @@ class ApiServer:
         self.app = app
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def start(self, ssl=None) -> None:
+    async def start(self, ssl=None, reuse_port: bool = False) -> None:
         host, port = split_listen(self.cfg.listen, "gateway.api.listen")
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, ssl_context=ssl, backlog=1024)
+            site = web.TCPSite(runner, host, port, ssl_context=ssl, backlog=1024, reuse_port=reuse_port or None)
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -86,6 +86,12 @@ class Cluster:
             if session.state == PENDING:      # went down meanwhile: this node decides alone
                 self.gateway.admit_local(session)
             return
+        except Exception:                     # a bug must not leave a session PENDING forever
+            log.exception('tenant "%s": admission through the broker failed', tenant.id)
+            if session.state == PENDING:
+                self.gateway.refuse(session, codes.INTERNAL, "internal error", codes.CLOSE_INTERNAL,
+                                    "internal error")
+            return
         if r.status == "ok":
             self._apply_kicks(tenant, session.user, r.kicks)
             if session.state != PENDING or self.gateway.tenants.get(tenant.id) is not tenant:

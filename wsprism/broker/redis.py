@@ -221,7 +221,7 @@ class RedisBroker:
         await open_connection(cmd, self.url, timeout)
         cmd.transport.set_write_buffer_limits(high=LOSSY_MARK)
         await self._wait(*(cmd.call("SCRIPT", "LOAD", s.source) for s in SCRIPTS.values()))
-        fresh = await self._renew(register=True)
+        fresh = await self._renew()
         sub = SubscriberConnection(f"wsprism:{self.node}:sub", self._on_message)
         self.sub = sub
         await open_connection(sub, self.url, timeout)
@@ -373,9 +373,11 @@ class RedisBroker:
                             "restarting it", self.probe_interval)
                 sub.abort("probe not echoed")
 
-    async def _renew(self, register: bool = False) -> bool:
+    async def _renew(self) -> bool:
+        """Renew the lease (and the list of tenants the reaper must look at, which a
+        reload may have changed); True when Redis did not know this node."""
         keys = self.keys
-        tenants = self.host.broker_tenants() if register else ()
+        tenants = self.host.broker_tenants()
         fut = self.cmd.call("EVALSHA", SCRIPTS["renew"].sha, 0, keys.nodes, self.node, self.lease_ms,
                             keys.node_tenants, *tenants)
         fresh, _now = await asyncio.wait_for(fut, self.command_timeout)
@@ -389,7 +391,6 @@ class RedisBroker:
             # our lease had run out while connected (the loop was stalled for a lease, or
             # the others reaped us): register everything again
             log.warning("this node's lease had run out in Redis: re-registering its state")
-            await self._renew(register=True)
             async with self._resync_lock:
                 self.state = SYNCING
                 await self._resync(True)

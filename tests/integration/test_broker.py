@@ -453,26 +453,29 @@ def spawn_node(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish_all(procs, timeout=60):
-    """Read every node's answer, then let them all go (so none is gone while another
-    still admits: a dead node's sessions would stop counting)."""
-    results = [json.loads(p.stdout.readline()) for p in procs]
+def answers(procs):
+    """Every node's answer; the nodes stay registered until `release` (a node gone
+    while another still admits would stop counting, and be reaped)."""
+    return [json.loads(p.stdout.readline()) for p in procs]
+
+
+def release(procs, timeout=60):
     for p in procs:
         _, err = p.communicate(timeout=timeout)
         assert p.returncode == 0, err
-    return results
 
 
 def test_two_processes_500_joins_each_into_a_room_capped_at_100(redis_server):
     pfx = prefix()
     start = str(time.time() + 1.5)
     procs = [spawn_node(redis_server.url, pfx, "joins", "arena", "500", "100", start) for _ in range(2)]
-    results = finish_all(procs)
+    results = answers(procs)
     ok = [u for r in results for u in r["ok"]]
     refused = [w for r in results for w in r["refused"]]
     assert len(ok) == 100 and len(refused) == 900
     assert set(refused) == {"max_users_per_room"}
     assert redis_server.cmd("HLEN", f"{pfx}:{{acme}}:r:arena") == 100
+    release(procs)
     print("admitted per process:", [len(r["ok"]) for r in results])
 
 
@@ -505,7 +508,7 @@ def test_two_processes_200_connects_each_of_one_user_limit_3_kick_oldest(redis_s
     pfx = prefix()
     start = str(time.time() + 1.5)
     procs = [spawn_node(redis_server.url, pfx, "admits", "alice", "200", "3", start) for _ in range(2)]
-    results = finish_all(procs)
+    results = answers(procs)
     admitted = [(sid, seq) for r in results for sid, seq, _ in r["ok"]]
     assert len(admitted) == 400 and sum(r["refused"] for r in results) == 0
     kicked = {k[1] for r in results for _, _, kicks in r["ok"] for k in kicks}
@@ -515,6 +518,7 @@ def test_two_processes_200_connects_each_of_one_user_limit_3_kick_oldest(redis_s
     assert kicked == {sid for sid, _ in admitted} - newest      # every other one kicked once
     assert sum(len(kicks) for r in results for _, _, kicks in r["ok"]) == 397
     assert redis_server.cmd("GET", f"{pfx}:{{acme}}:n") == "3"
+    release(procs)
 
 
 def test_killed_node_is_reaped_and_its_users_leave_within_two_leases(redis_server):

@@ -421,7 +421,8 @@ class RedisBroker:
     # -- scripts ------------------------------------------------------------------------
     async def script(self, name: str, *args, timeout: float | None = None):
         """Run one script and await its answer (admissions, queries); BrokerError when
-        the link is down, Redis answers an error, or the answer is late."""
+        the link is down, Redis answers an error, or no answer comes within
+        command_timeout (plus one watchdog tick)."""
         cmd = self.cmd
         if self.state == DOWN or cmd is None:
             raise BrokerError("broker down")
@@ -429,7 +430,11 @@ class RedisBroker:
             self._flush_packs()            # frames published earlier reach Redis first
         fut = cmd.call("EVALSHA", SCRIPTS[name].sha, 0, *args)
         try:
-            return await asyncio.wait_for(fut, timeout or self.command_timeout)
+            if timeout is None:
+                # no wait_for (a task per call): the watchdog drops a link whose owed
+                # replies stop for command_timeout, which fails this future with it
+                return await fut
+            return await asyncio.wait_for(fut, timeout)
         except BrokerError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise

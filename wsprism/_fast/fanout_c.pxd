@@ -1,12 +1,6 @@
 # Contract of the compiled outbound side for other _c modules.
 from picows.picows cimport WSListener, WSTransport
 
-cdef enum:
-    S_PENDING = 0
-    S_OPEN = 1
-    S_CLOSING = 2
-    S_CLOSED = 3
-
 cdef class Corker:
     cdef public list dirty
     cdef public bint scheduled

@@ -11,14 +11,9 @@ from cpython.mem cimport PyMem_Realloc
 from libc.string cimport memcpy
 
 from .bytesops cimport ws_header
+from .codes_c cimport S_OPEN, S_PENDING
 
-PENDING = S_PENDING
-OPEN = S_OPEN
-CLOSING = S_CLOSING
-CLOSED = S_CLOSED
 _log = logging.getLogger("wsprism.fanout")
-OP_TEXT = 0x1
-OP_BINARY = 0x2
 
 # one scratch buffer per process for joining an endpoint's frames into one write;
 # picows' _fast_write copies whatever the socket did not take, so it can be reused.

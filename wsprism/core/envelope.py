@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 import msgspec
 
+from .._fast import ExtFlag
+
 U64_MAX = 2**64 - 1
 
-FLAG_SEQ_PRESENT = 0x01
-FLAG_ROOM_PRESENT = 0x02
-FLAG_ACK_REQUESTED = 0x04
+FLAG_ACK_REQUESTED = int(ExtFlag.EXT_ACK_REQUESTED)     # the one flag that changes what we do
 
 
 class Envelope(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):

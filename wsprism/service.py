@@ -40,12 +40,13 @@ __all__ = ["Service", "ServiceError"]
 class Service:
     """Base class of in-process services.
 
-    `svc` (the service's key in the config) and `tenant` (the tenant id) are set before
-    `on_start`; `options` is the config's `options` mapping.
+    `svc` (the service's key in the config), `tenant` (the tenant id) and `hot_svc_id`
+    (None without one) are set before `on_start`; `options` is the config's `options`.
     """
 
     svc: str = ""
     tenant: str = ""
+    hot_svc_id: int | None = None
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options

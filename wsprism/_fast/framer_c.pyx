@@ -243,6 +243,7 @@ cdef class Session(Endpoint):
             if code == 0 or code == 1005:
                 code = CLOSE_NORMAL
             self.flush()
+            self.state = S_CLOSING
             self.host.detach(self)
             transport.send_close(<WSCloseCode>code)
         transport.disconnect()

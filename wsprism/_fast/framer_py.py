@@ -269,6 +269,7 @@ class Session(Endpoint):
             if code == 0 or code == 1005:
                 code = CloseCode.CLOSE_NORMAL
             self.flush()
+            self.state = _CLOSING
             self.host.detach(self)
             transport.send_close(code)
         transport.disconnect()

@@ -347,6 +347,7 @@ class PythonService(SessionQueues):
         self.listens = bool(self._hooks)
         instance.svc = svc
         instance.tenant = tenant_id
+        instance.hot_svc_id = cfg.hot_svc_id
         self.configure(cfg)
 
     def __repr__(self) -> str:

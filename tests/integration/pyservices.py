@@ -2,11 +2,13 @@
 as `tests.integration.pyservices:<Class>`). Each records what it saw in `self.seen`,
 which the tests read through the gateway's loop (`g.call`)."""
 import asyncio
+import contextvars
 import time
 
 from wsprism.service import Service, ServiceError
 
 STOPPED: list[str] = []          # on_stop calls, by svc (process-wide: read after the gateway stops)
+MARK = contextvars.ContextVar("mark", default=None)
 
 
 class Echo(Service):
@@ -58,6 +60,25 @@ class Echo(Service):
         if t == "close":
             ctx.close(4100, "bye")
             return None
+        if t == "in_task":                    # asyncio features that need a current task
+            task = asyncio.current_task()
+            async with asyncio.timeout(1):
+                await asyncio.sleep(0)
+            async with asyncio.TaskGroup() as tg:
+                a = tg.create_task(asyncio.sleep(0, "a"))
+            return {"task": task is not None, "same": task is asyncio.current_task(), "tg": a.result()}
+        if t == "inner_timeout":              # the service's own timeout cancels its own call
+            try:
+                async with asyncio.timeout(0.05):
+                    await asyncio.sleep(5)
+            except TimeoutError:
+                return {"inner": "timed out"}
+        if t == "mark":                       # a context variable set in one call ...
+            seen = MARK.get()
+            MARK.set(ctx.user)
+            if msg.data and msg.data.get("await"):
+                await asyncio.sleep(0)
+            return {"seen": seen, "after": MARK.get()}
         if t == "send_hot":
             return {"sent": ctx.send_hot(bytes([7, 9, 0]) + b"direct")}
         return {"type": t}

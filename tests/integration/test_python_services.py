@@ -192,6 +192,34 @@ def test_never_returning_call_times_out_others_unaffected(g):
     assert error_of(second) == "TIMEOUT" and second["seq"] == 2 and t_second < 0.55
 
 
+def test_calls_run_in_a_task_of_their_own_even_when_started_eagerly(g):
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        in_task = await request(ws, match("in_task", seq=1))
+        inner = await request(ws, match("inner_timeout", seq=2))
+        await ws.close()
+        return in_task, inner
+    in_task, inner = run(main())
+    assert in_task["data"] == {"task": True, "same": True, "tg": "a"}
+    assert inner["data"] == {"inner": "timed out"}
+
+
+def test_context_variables_do_not_leak_between_calls(g):
+    async def main():
+        a, _ = await connect_authed(g.url(ticket="dev:ctxa"))
+        b, _ = await connect_authed(g.url(ticket="dev:ctxb"))
+        first = await request(a, match("mark", seq=1))                        # finishes at once
+        second = await request(b, match("mark", seq=2, data={"await": True}))  # suspends
+        third = await request(a, match("mark", seq=3))
+        await a.close()
+        await b.close()
+        return first, second, third
+    first, second, third = run(main())
+    assert first["data"] == {"seen": None, "after": "ctxa"}
+    assert second["data"] == {"seen": None, "after": "ctxb"}
+    assert third["data"] == {"seen": None, "after": "ctxa"}
+
+
 def test_a_services_own_timeout_error_is_internal_not_timeout(g):
     async def main():
         ws, _ = await connect_authed(g.url())

@@ -789,9 +789,9 @@ def test_auth_cross_checks(auth, expected):
 @pytest.mark.parametrize(
     "name, service, expected",
     [
-        ("room", {"webhook": "http://b"}, "tenants[0].services.room: 'room' is a built-in service and cannot be forwarded"),
-        ("chat", {"webhook": "http://b"}, "tenants[0].services.chat: 'chat' is a built-in service and cannot be forwarded"),
-        ("sys", {"webhook": "http://b"}, "tenants[0].services.sys: 'sys' is a built-in service and cannot be forwarded"),
+        ("room", {"webhook": "http://b"}, "tenants[0].services.room: 'room' is a built-in service; choose another name"),
+        ("chat", {"webhook": "http://b"}, "tenants[0].services.chat: 'chat' is a built-in service; choose another name"),
+        ("sys", {"webhook": "http://b"}, "tenants[0].services.sys: 'sys' is a built-in service; choose another name"),
         ("a b", {"webhook": "http://b"}, "tenants[0].services.a b: invalid service name 'a b' (expected 1-64 of A-Z a-z 0-9 _ . -)"),
         ("m", {"webhook": "tcp://b"}, "tenants[0].services.m.webhook: expected a URL starting with http:// or https://"),
         ("m", {"webhook": "http://"}, "tenants[0].services.m.webhook: expected a URL starting with http:// or https://"),

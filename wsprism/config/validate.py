@@ -148,7 +148,7 @@ def _check_tenant(tenant: TenantConfig, path: str) -> None:
         if not names.SERVICE_NAME.fullmatch(name):
             raise ConfigError(spath, f"invalid service name {name!r} (expected 1-64 of A-Z a-z 0-9 _ . -)")
         if name in BUILTIN_SERVICES:
-            raise ConfigError(spath, f"{name!r} is a built-in service and cannot be forwarded")
+            raise ConfigError(spath, f"{name!r} is a built-in service; choose another name")
         _check_service(svc, spath)
         if svc.hot_svc_id is not None:
             other = hot_ids.get(svc.hot_svc_id)

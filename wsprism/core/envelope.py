@@ -101,6 +101,20 @@ def encode_sys(type_: str, room: str | None = None, data: Any = msgspec.UNSET, *
     return encode_message("sys", type_, room, data, **extra)
 
 
+def reply_head(svc: str) -> bytes:
+    """The fixed start of a service's replies, for `encode_reply` (built once per service)."""
+    return b'{"v":1,"svc":' + _encoder.encode(svc) + b',"type":"reply"'
+
+
+def encode_reply(head: bytes, seq: Any, data: Any) -> bytes:
+    """`{"v":1,"svc":<svc>,"type":"reply","seq"?:<seq>,"data":<data>}`, `head` from
+    `reply_head(svc)`: a service's answer to the sender (webhook and Python services)."""
+    body = _encoder.encode(data)
+    if seq is msgspec.UNSET:
+        return b'%s,"data":%s}' % (head, body)
+    return b'%s,"seq":%d,"data":%s}' % (head, seq, body)
+
+
 def encode_message(svc: str, type_: str, room: str | None, data: Any, **extra: Any) -> bytes:
     """A service message to clients (chat.msg, room.user_joined, backend publish ...)."""
     out: dict[str, Any] = {"v": 1, "svc": svc, "type": type_}

@@ -64,15 +64,16 @@ class GatewayCollector:
 
 def python_service_metrics(gw):
     """`wsprism_service_calls_total{tenant,service,hook,outcome}` and
-    `wsprism_service_duration_seconds{tenant,service}` (on_message calls) of the
+    `wsprism_service_duration_seconds{tenant,service}` (on_message calls that awaited:
+    the others are in `wsprism_dispatch_duration_seconds{lane="ext"}`) of the
     in-process Python services (SPEC 15); `hook` and `outcome` are fixed sets."""
     calls = CounterMetricFamily("wsprism_service_calls", "Calls into Python services' hooks, by outcome",
                                 labels=["tenant", "service", "hook", "outcome"])
-    duration = HistogramMetricFamily("wsprism_service_duration_seconds", "Python services' on_message calls",
-                                     labels=["tenant", "service"])
+    duration = HistogramMetricFamily("wsprism_service_duration_seconds",
+                                     "Python services' on_message calls that awaited", labels=["tenant", "service"])
     for tid, tenant in gw.tenants.items():
         for svc, service in tenant.services.items():
-            for (hook, outcome), n in service.counts.items():
+            for (hook, outcome), n in service.count_items():
                 calls.add_metric([tid, svc, hook, outcome], n)
             duration.add_metric([tid, svc], service.latency.cumulative(), service.latency.sum)
     yield from (calls, duration)

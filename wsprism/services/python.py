@@ -26,6 +26,7 @@ import asyncio
 import importlib
 import inspect
 import logging
+from collections import deque
 from time import perf_counter
 from typing import Any
 
@@ -34,10 +35,11 @@ import msgspec
 from ..config import ConfigError
 from ..core import codes
 from ..core.dispatcher import DEFERRED, ServiceError
-from ..core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_message
+from ..core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_message, encode_reply, reply_head
 from ..core.session import OPEN
 from ..core.stats import Histogram
 from ..service import Service
+from .eager import EagerStarter
 from .queues import SessionQueues, TaskSet
 
 log = logging.getLogger("wsprism.services")
@@ -91,23 +93,17 @@ def overrides(cls: type, hook: str) -> bool:
 
 # -- what the hooks receive -------------------------------------------------------------------
 
-class Message:
+class Message(msgspec.Struct):
     """An Ext Lane message for a service: `type`, `room` and `seq` (None when absent),
     `data` (decoded JSON; None when absent)."""
 
-    __slots__ = ("type", "room", "seq", "data")
-
-    def __init__(self, type_: str, room, seq, data) -> None:
-        self.type = type_
-        self.room = room
-        self.seq = seq
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"Message(type={self.type!r}, room={self.room!r}, seq={self.seq!r}, data={self.data!r})"
+    type: str
+    room: str | None
+    seq: int | None
+    data: Any
 
 
-def _message(env) -> Message:
+def _msg_of(env) -> Message:
     data = None
     if env.data is not _UNSET:
         try:
@@ -321,13 +317,14 @@ class PythonService(SessionQueues):
 
     __slots__ = (
         "tenant_id", "svc", "instance", "hot_svc_id", "timeout", "max_inflight", "gw", "stats",
-        "counts", "latency", "errors", "_tasks", "_on_message", "_sync", "_on_hot",
-        "_hooks", "listens", "built_cfg",
+        "counts", "n_message_ok", "n_hot_ok", "latency", "errors", "_tasks", "_eager", "_on_message",
+        "_sync", "_on_hot", "_hooks", "listens", "built_cfg", "_reply_head",
     )
 
     def __init__(self, tenant_id: str, svc: str, instance: Service, cfg, gw: ServiceGateway, stats) -> None:
         self._tasks = TaskSet()
         super().__init__(self._tasks.spawn)
+        self._eager = EagerStarter(self._tasks.spawn)
         self.tenant_id = tenant_id
         self.svc = svc
         self.instance = instance
@@ -336,7 +333,10 @@ class PythonService(SessionQueues):
         self.gw = gw
         self.stats = stats                  # the tenant's TenantStats
         self.counts = {(k, o): 0 for k in CALL_KINDS for o in OUTCOMES}
+        self.n_message_ok = 0             # the two counts bumped per message, kept apart
+        self.n_hot_ok = 0
         self.latency = Histogram(CALL_BUCKETS)
+        self._reply_head = reply_head(svc)
         self.errors = ErrorLog(f'tenant "{tenant_id}" service "{svc}"')
         cls = type(instance)
         self._on_message = instance.on_message if overrides(cls, "on_message") else None
@@ -357,6 +357,13 @@ class PythonService(SessionQueues):
         """What a reload may change: the timeout and the queue bound."""
         self.timeout = (cfg.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000.0
         self.max_inflight = cfg.max_inflight_per_session
+
+    def count_items(self):
+        """((hook, outcome), n) of every call counter (wsprism_service_calls_total)."""
+        counts = dict(self.counts)
+        counts[_MSG, "ok"] += self.n_message_ok
+        counts["hot", "ok"] += self.n_hot_ok
+        return counts.items()
 
     @property
     def takes_messages(self) -> bool:
@@ -384,9 +391,9 @@ class PythonService(SessionQueues):
     # -- Ext Lane: the handler table's entry --------------------------------------------------
     def handle(self, session, env):
         queue = self.queues.get(session)
-        if queue is None and self._sync:
-            return self._call_inline(session, env)       # the dispatcher acks
-        if queue is not None and sum(1 for e in queue if e[0] is _MSG) >= self.max_inflight:
+        if queue is None:                   # nothing of this session's is running: start now
+            return self._call_inline(session, env) if self._sync else self._start(session, env)
+        if sum(1 for e in queue if e[0] is _MSG) >= self.max_inflight:
             self.counts[_MSG, "rejected"] += 1
             raise ServiceError(codes.RESOURCE_EXHAUSTED,
                                f"more than {self.max_inflight} messages waiting for service {self.svc}")
@@ -394,30 +401,65 @@ class PythonService(SessionQueues):
         return DEFERRED
 
     def _call_inline(self, session, env) -> None:
-        msg = _message(env)
-        t0 = perf_counter()
+        """A plain-def on_message: reply now (the caller acks; the dispatch histogram
+        times it)."""
+        ctx = session.ctx or context_of(session, self.gw)
         try:
-            result = self._on_message(context_of(session, self.gw), msg)
-        except ServiceError:
-            self.counts[_MSG, "error"] += 1
-            raise
+            result = self._on_message(ctx, _msg_of(env))
         except Exception as exc:
-            self.counts[_MSG, "exception"] += 1
-            self.errors.report(exc, "on_message")
-            raise ServiceError(codes.INTERNAL, "internal error") from None
-        finally:
-            self.latency.observe(perf_counter() - t0)
-        self.counts[_MSG, "ok"] += 1
-        self._reply(session, env, result)
+            raise self._failed(exc) from None
+        self.n_message_ok += 1
+        if result is not None:
+            session.send(encode_reply(self._reply_head, env.seq, result))
         return None
 
+    def _start(self, session, env):
+        """An async on_message, started at once (services/eager.py): one that does not
+        await is answered now (the dispatcher acks); one that does goes on in a task, and
+        the session's next messages queue behind it."""
+        ctx = session.ctx or context_of(session, self.gw)
+        try:
+            done, value = self._eager.start(self._on_message(ctx, _msg_of(env)))
+        except Exception as exc:
+            raise self._failed(exc) from None
+        if done:                            # the dispatch histogram timed it
+            self.n_message_ok += 1
+            if value is not None:
+                session.send(encode_reply(self._reply_head, env.seq, value))
+            return None
+        # suspended: timed from here (loop time is the arrival's: the first step did not yield)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        queue = self.queues[session] = deque(((_MSG, env, deadline),))
+        self._eager.hand_over(self._continue(session, queue, value, perf_counter()))
+        return DEFERRED
+
+    async def _continue(self, session, queue, rest, t0: float) -> None:
+        """The task a suspended call started in: finish it, then the session's queue."""
+        try:
+            _, env, deadline = queue[0]
+            try:
+                await self._message(session, env, deadline, rest, t0)
+            except Exception:               # a bug must not leave the queue without a task
+                log.exception("%r: finishing a call failed", self)
+            queue.popleft()
+        except BaseException:               # cancelled at stop
+            if self.queues.get(session) is queue:
+                del self.queues[session]
+            raise
+        await self._drain(session, queue)
+
+    def _failed(self, exc: Exception) -> ServiceError:
+        """What the client hears of an exception on_message raised."""
+        if isinstance(exc, ServiceError):
+            self.counts[_MSG, "error"] += 1
+            return exc
+        self.counts[_MSG, "exception"] += 1
+        self.errors.report(exc, "on_message")
+        return ServiceError(codes.INTERNAL, "internal error")
+
     def _reply(self, session, env, result) -> None:
-        if result is None:
-            return
-        if env.seq is _UNSET:
-            session.send(encode_message(self.svc, "reply", None, result))
-        else:
-            session.send(encode_message(self.svc, "reply", None, result, seq=env.seq))
+        if result is not None and session.state == OPEN:
+            session.send(encode_reply(self._reply_head, env.seq, result))
 
     # -- queued calls --------------------------------------------------------------------------
     async def run(self, session, entry) -> None:
@@ -447,54 +489,48 @@ class PythonService(SessionQueues):
             exc = TimeoutError(f"on_{kind} still running after {int(self.timeout * 1000)} ms (cancelled)")
         self.errors.report(exc, f"on_{kind}")
 
-    async def _message(self, session, env, deadline: float) -> None:
-        trace_id = session.next_trace_id()
+    async def _message(self, session, env, deadline: float, started=None, t0: float = 0.0) -> None:
+        """One queued (or already started) message: reply, error or TIMEOUT, then the ack."""
         try:
-            if asyncio.get_running_loop().time() >= deadline:
-                raise TimeoutError
-            if self._sync:
-                self._call_inline(session, env)
+            if started is None:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise TimeoutError
+                if self._sync:
+                    self._call_inline(session, env)
+                else:
+                    t0 = perf_counter()
+                    started = self._on_message(context_of(session, self.gw), _msg_of(env))
+                    await self._await(session, env, started, deadline, t0)
             else:
-                await self._call(session, env, deadline)
+                await self._await(session, env, started, deadline, t0)
         except TimeoutError:
             self.counts[_MSG, "timeout"] += 1
             self._error(session, env, codes.TIMEOUT,
-                        f"service {self.svc} did not answer within {int(self.timeout * 1000)} ms", trace_id)
+                        f"service {self.svc} did not answer within {int(self.timeout * 1000)} ms")
             return
         except ServiceError as exc:
-            self._error(session, env, exc.code, exc.msg, trace_id)
+            self._error(session, env, exc.code, exc.msg)
             return
-        if env.flags & FLAG_ACK_REQUESTED and env.seq is not _UNSET:
+        if env.flags & FLAG_ACK_REQUESTED and env.seq is not _UNSET and session.state == OPEN:
             session.send(encode_ack(env.seq))
 
-    async def _call(self, session, env, deadline: float) -> None:
-        """One async on_message; TimeoutError only when our deadline passed."""
-        msg = _message(env)
-        ctx = context_of(session, self.gw)
-        t0 = perf_counter()
+    async def _await(self, session, env, awaitable, deadline: float, t0: float) -> None:
+        """Finish one on_message call; TimeoutError only when our deadline passed."""
         try:
             async with asyncio.timeout_at(deadline) as tm:
-                result = await self._on_message(ctx, msg)
-        except ServiceError:
-            self.counts[_MSG, "error"] += 1
-            raise
+                result = await awaitable
         except TimeoutError as exc:
             if tm.expired():
                 raise
-            self.counts[_MSG, "exception"] += 1
-            self.errors.report(exc, "on_message")
-            raise ServiceError(codes.INTERNAL, "internal error") from None
+            raise self._failed(exc) from None
         except Exception as exc:
-            self.counts[_MSG, "exception"] += 1
-            self.errors.report(exc, "on_message")
-            raise ServiceError(codes.INTERNAL, "internal error") from None
+            raise self._failed(exc) from None
         finally:
             self.latency.observe(perf_counter() - t0)
-        self.counts[_MSG, "ok"] += 1
-        if session.state == OPEN:
-            self._reply(session, env, result)
+        self.n_message_ok += 1
+        self._reply(session, env, result)
 
-    def _error(self, session, env, code: str, msg: str, trace_id: str) -> None:
+    def _error(self, session, env, code: str, msg: str) -> None:
         if session.state != OPEN:
             return
         self.stats.service_errors_ext += 1
@@ -504,7 +540,7 @@ class PythonService(SessionQueues):
     def on_hot_frame(self, session, op: int, flags: int, payload: bytes) -> bool:
         """Called by the framer; True when on_hot returned (then the ack, if asked)."""
         try:
-            self._on_hot(context_of(session, self.gw), op, flags, payload)
+            self._on_hot(session.ctx or context_of(session, self.gw), op, flags, payload)
         except ServiceError as exc:
             self.counts["hot", "error"] += 1
             self._hot_error(session, exc.code, exc.msg)
@@ -514,7 +550,7 @@ class PythonService(SessionQueues):
             self.errors.report(exc, "on_hot")
             self._hot_error(session, codes.INTERNAL, "internal error")
             return False
-        self.counts["hot", "ok"] += 1
+        self.n_hot_ok += 1
         return True
 
     def _hot_error(self, session, code: str, msg: str) -> None:

@@ -26,7 +26,7 @@ from ..backend.http import BackendFailure
 from ..backend.metrics import WEBHOOK_BUCKETS, WEBHOOK_OUTCOMES
 from ..core import codes
 from ..core.dispatcher import DEFERRED, ServiceError
-from ..core.envelope import FLAG_ACK_REQUESTED, Envelope, encode_ack, encode_error, encode_message
+from ..core.envelope import FLAG_ACK_REQUESTED, Envelope, encode_ack, encode_error, encode_reply, reply_head
 from ..core.session import OPEN
 from ..core.stats import Histogram
 from .queues import SessionQueues
@@ -78,13 +78,14 @@ class Forwarder(SessionQueues):
     Queue entries are `(env, deadline)`."""
 
     __slots__ = ("tenant_id", "svc", "http", "url", "timeout", "max_inflight", "outcomes", "latency",
-                 "_log_at", "_log_skipped")
+                 "_reply_head", "_log_at", "_log_skipped")
 
     def __init__(self, tenant_id: str, svc: str, cfg, http) -> None:
         super().__init__(http.spawn)
         self.tenant_id = tenant_id
         self.svc = svc
         self.http = http
+        self._reply_head = reply_head(svc)
         self.outcomes = dict.fromkeys(WEBHOOK_OUTCOMES, 0)
         self.latency = Histogram(WEBHOOK_BUCKETS)
         self._log_at = -LOG_EVERY_S
@@ -160,10 +161,7 @@ class Forwarder(SessionQueues):
             tenant.publish(pub.room, pub.svc, pub.type, pub.data)
         seq = env.seq
         if answer.reply is not _UNSET:
-            if seq is _UNSET:
-                session.send(encode_message(self.svc, "reply", None, answer.reply))
-            else:
-                session.send(encode_message(self.svc, "reply", None, answer.reply, seq=seq))
+            session.send(encode_reply(self._reply_head, seq, answer.reply))
         if env.flags & FLAG_ACK_REQUESTED and seq is not _UNSET:
             session.send(encode_ack(seq))
 

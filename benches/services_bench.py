@@ -236,12 +236,12 @@ def run_hot(args) -> int:
                          "--svc-id", str(svc_id), "--repeat", "1", "--duration", str(args.seconds),
                          "--warmup", str(args.warmup), "--json", str(out), "--quiet"])
     runs = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    runs = [r for r in runs if r.get("scenario") == "hot" and r.get("conns") == args.conns]
+    runs = [r for r in runs if r.get("scenario") == "hot" and r.get("params", {}).get("conns") == args.conns]
     by = {1: [], 7: []}
     for r in runs[-2 * args.repeat:]:
         cpu = (r.get("server") or {}).get("cpu_us_per_msg")
-        if cpu is not None:
-            by[r.get("params", {}).get("svc_id", 1) if "params" in r else r.get("svc_id", 1)].append(cpu)
+        if cpu is not None and not r.get("error"):
+            by[r["params"].get("svc_id", 1)].append(cpu)
     print(f"\nserver CPU per delivery, 1 sender at {args.rate:g} msg/s into {args.conns} (median, min-max):")
     for svc_id, name in ((1, "built-in relay (svc 1)"), (7, "on_hot + publish_hot (svc 7)")):
         vals = by[svc_id]

@@ -44,23 +44,30 @@ moment, in the same loop turn as the last comparison, it becomes one (and gets
 point appends before it fans out), so the cursor reaches it; everything after goes to
 the session live. No message is missed, none is sent twice, and order is by offset.
 - In memory, the common case is one turn: reading is synchronous, so a replay that
-  fits the session's outbound budget is queued whole, then `joined`, then live traffic.
-  A larger replay is queued in chunks as the session's socket drains (`Replay.take`),
-  so a client that stops reading holds at most about one high-water mark of replay
-  (then the usual slow-consumer rule, 4005), never the whole history copied again.
+  fits one chunk is queued whole, then `joined`, then live traffic. A larger replay
+  is queued a chunk at a time as the session's socket drains (`Replay.take`), so a
+  client that stops reading holds about one chunk of replay in our buffers, and a
+  replay that makes no progress for `writer_send_timeout_ms` ends in 4005 like any
+  slow consumer; memory never holds the whole history copied again per session.
 - If the ring trims messages the cursor has not reached yet (a very slow reader in a
   busy room), the cursor jumps to the oldest message still held and the replay
   reports `recovered: false`: a loss is always reported.
-- With Redis (the broker's streams), the same cursor reads with XRANGE from its next
-  offset. The node subscribes to the room's channel before its first read, and keeps
-  the newest offset that arrived over the broker for each room it holds. Each read
-  returns entries up to some top T; messages published meanwhile arrive over the
-  broker too and are skipped by offset when they are ≤ the cursor. The session goes
-  live in the turn where its cursor equals the node's newest offset for the room; until
-  then the node reads again. One atomic step per publish (assign offset, XADD,
-  PUBLISH) makes the broker's order the offset order, so a live offset that is not
-  newest + 1 is a gap (a broker outage) that the node repairs from the stream the same
-  way, for all its members of that room, before delivering newer messages.
+- With Redis (the broker's streams), one atomic step per publish assigns the offset,
+  appends to the room's stream (XADD with MAXLEN size) and publishes the positioned
+  frame, so the broker's order on a room's channel is the offset order, for every
+  node alike. A node delivers a history room's messages in that order, its own
+  publishes included (they come back from the broker rather than going out locally
+  first), and keeps, per room it holds, the newest offset it has delivered. The
+  joining session's cursor reads with XRANGE from its next offset; the node
+  subscribes to the room's channel before the first read, so anything published
+  after a read is on the channel; entries at or below the cursor are skipped by
+  offset. The session goes live in the turn where its cursor equals the node's newest
+  delivered offset for the room; until then the node reads again. A channel message
+  whose offset is not newest + 1 is a gap (missed while the broker link was down):
+  the node holds newer messages, fills the gap from the stream for all its members of
+  that room, then delivers in order. A gap the stream no longer covers shows as a
+  jump in offsets, which a client can see (and re-join with `since` to hear
+  `recovered: false`).
 """
 from array import array
 from collections import OrderedDict

@@ -45,9 +45,8 @@ def make_session(ns, loop):
     hot[1] = ns.framer.RELAY
     lane.set_hot_handlers(hot)
     lane.hist_hot = types.SimpleNamespace(observe=lambda s: None)
-    tenant = types.SimpleNamespace(lane=lane)
     host = types.SimpleNamespace(corker=ns.fanout.Corker(loop))
-    s = ns.framer.Session(host, tenant, "u", "s", "", None)
+    s = ns.framer.Conn(host, lane)
     s.state = 1                                   # OPEN
     s.bucket = ns.bucket.TokenBucket(1e12, 1e12)
     s.paused = True                               # over the mark: lossy frames are dropped

@@ -18,6 +18,7 @@ import pytest
 from wsprism import _fast
 from wsprism.assembly import build_tenant
 from wsprism.config import parse_config
+from wsprism.core.session import Session
 
 YAML = """
 version: 1
@@ -55,7 +56,7 @@ def test_ext_message(benchmark, loop, name):
     corker = _fast.Corker(loop)
     host = types.SimpleNamespace(corker=corker)
     tenant = build_tenant(0, cfg.tenants[0], cfg.gateway, None, host)
-    session = _fast.Session(host, tenant, "u", "s", "", None)
+    session = Session(host, tenant, "u", "s", "", None)
     session.state = _fast.OPEN
     payload = MESSAGES[name]
     dirty = corker.dirty

@@ -10,7 +10,7 @@ Nothing else in wsprism imports a `_c` or `_py` module by name.
 - utf8:      strict UTF-8 validation of text frames
 - hotheader: Hot Lane header parse and the allowlist bit table; one source, two builds
 - fanout:    outbound frames built once, corked per loop turn, room fan-out
-- framer:    the per-connection listener (Session) and per-tenant LanePolicy
+- framer:    the per-connection listener's compiled half (Conn) and per-tenant LanePolicy
 """
 from typing import TYPE_CHECKING
 
@@ -46,7 +46,7 @@ parse_header = _hotheader.parse_header
 Corker = _fanout.Corker
 build_frame = _fanout.build_frame
 broadcast = _fanout.broadcast
-Session = _framer.Session
+Conn = _framer.Conn
 LanePolicy = _framer.LanePolicy
 RELAY = _framer.RELAY
 N_HOT_SERVICES = _framer.N_HOT_SERVICES
@@ -58,6 +58,6 @@ OP_TEXT, OP_BINARY = int(Opcode.OP_TEXT), int(Opcode.OP_BINARY)
 __all__ = [
     "USING_EXTENSIONS", "NO_EXTENSIONS", "CloseCode", "ErrorCode", "SessionState", "Opcode", "ExtFlag",
     "HotFlag", "HotService", "Counter", "TokenBucket", "utf8_valid", "HotAllowlist", "parse_header",
-    "Corker", "build_frame", "broadcast", "Session", "LanePolicy", "RELAY", "N_HOT_SERVICES",
+    "Corker", "build_frame", "broadcast", "Conn", "LanePolicy", "RELAY", "N_HOT_SERVICES",
     "PENDING", "OPEN", "CLOSING", "CLOSED", "OP_TEXT", "OP_BINARY",
 ]

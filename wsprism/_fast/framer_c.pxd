@@ -27,31 +27,18 @@ cdef class LanePolicy:
         self.counts_[idx] += n
 
 
-cdef class Session(Endpoint):
+cdef class Conn(Endpoint):
     cdef public object host
-    cdef public object tenant
     cdef public LanePolicy lane
-    cdef public object user
-    cdef public object sid
-    cdef public object trace_id
-    cdef public object ip
-    cdef public object ticket_exp
-    cdef public object pending_ticket
     cdef public TokenBucket bucket
-    cdef public dict rooms
     cdef public dict room_members
     cdef public double rl_notice_at
-    cdef public object exp_handle
-    cdef public object close_handle
-    cdef public object slow_handle
     cdef public bytearray frag
     cdef public bint frag_binary
+    cdef public object trace_id
     cdef public long n_traces
     cdef public bint seen
-    cdef public int idle_ticks
-    cdef public bint registered
-    cdef public bint refreshing
-    cdef public object ctx
+    cdef public object close_handle
 
     cpdef send(self, bytes data)
     cpdef send_error(self, str code, str msg, object seq=*)

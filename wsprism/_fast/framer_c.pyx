@@ -94,39 +94,20 @@ cdef class LanePolicy:
         return self.snapshot()
 
 
-@cython.final
-cdef class Session(Endpoint):
-    def __init__(self, host, tenant, user, sid, ip, exp):
+cdef class Conn(Endpoint):
+    def __init__(self, host, LanePolicy lane):
         Endpoint.__init__(self, host.corker)
         self.host = host
-        self.tenant = tenant
-        self.lane = tenant.lane
-        self.user = user
-        self.sid = sid
-        self.trace_id = secrets.token_hex(8)
-        self.ip = ip
-        self.ticket_exp = exp
-        self.pending_ticket = None
+        self.lane = lane
         self.bucket = None
-        self.rooms = {}
         self.room_members = None
         self.rl_notice_at = -1.0
-        self.exp_handle = None
-        self.close_handle = None
-        self.slow_handle = None
         self.frag = None
         self.frag_binary = False
+        self.trace_id = secrets.token_hex(8)
         self.n_traces = 0
         self.seen = True
-        self.idle_ticks = 0
-        self.registered = False
-        self.refreshing = False
-        self.ctx = None
-
-    # -- identity ----------------------------------------------------------------------
-    @property
-    def active_room(self):
-        return next(reversed(self.rooms), None)
+        self.close_handle = None
 
     def next_trace_id(self) -> str:
         self.n_traces += 1

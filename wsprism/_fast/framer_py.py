@@ -1,5 +1,7 @@
 """Per-connection frame handling: every session is the picows listener of its
 connection (pure-Python twin of `framer_c`, which picows calls through its vtable).
+`Conn` holds what a frame touches; the session's Python side subclasses it
+(core/session.py).
 
 A frame's way in:
 
@@ -112,46 +114,28 @@ class LanePolicy:
         return list(self.counts)
 
 
-class Session(Endpoint):
-    """One client session: identity, rooms, rate-limit state, and its connection."""
+class Conn(Endpoint):
+    """The compiled side of a session: what a frame touches (its connection, its lane
+    policy and rate-limit state, the active room's members, fragments). The rest of the
+    session, identity, rooms, expiry and timers, is the Python side that subclasses it
+    (core/session.py)."""
 
-    __slots__ = (
-        "host", "tenant", "lane", "user", "sid", "trace_id", "ip", "ticket_exp", "pending_ticket",
-        "bucket", "rooms", "room_members", "rl_notice_at", "exp_handle", "close_handle", "slow_handle",
-        "frag", "frag_binary", "n_traces", "seen", "idle_ticks", "registered", "refreshing", "ctx",
-    )
+    __slots__ = ("host", "lane", "bucket", "room_members", "rl_notice_at", "frag", "frag_binary",
+                 "trace_id", "n_traces", "seen", "close_handle")
 
-    def __init__(self, host, tenant, user, sid, ip, exp) -> None:
+    def __init__(self, host, lane) -> None:
         Endpoint.__init__(self, host.corker)
         self.host = host
-        self.tenant = tenant
-        self.lane = tenant.lane
-        self.user = user
-        self.sid = sid
-        self.trace_id = secrets.token_hex(8)
-        self.ip = ip
-        self.ticket_exp = exp
-        self.pending_ticket = None
+        self.lane = lane
         self.bucket = None
-        self.rooms = {}              # joined rooms (name -> None), least recently (re)joined first
         self.room_members = None     # the active room's members, kept by the room table
         self.rl_notice_at = -1.0
-        self.exp_handle = None
-        self.close_handle = None
-        self.slow_handle = None
         self.frag = None
         self.frag_binary = False
+        self.trace_id = secrets.token_hex(8)
         self.n_traces = 0
         self.seen = True
-        self.idle_ticks = 0
-        self.registered = False
-        self.refreshing = False      # a webhook refresh is under way
-        self.ctx = None              # the session as Python services see it (made on first use)
-
-    # -- identity ----------------------------------------------------------------------
-    @property
-    def active_room(self):
-        return next(reversed(self.rooms), None)
+        self.close_handle = None
 
     def next_trace_id(self) -> str:
         self.n_traces += 1
@@ -393,4 +377,4 @@ class Session(Endpoint):
             self.lane.counts[Counter.C_EGRESS_DROPS] += drops
 
 
-__all__ = ["LanePolicy", "Session", "RELAY", "N_HOT_SERVICES"]
+__all__ = ["LanePolicy", "Conn", "RELAY", "N_HOT_SERVICES"]

@@ -73,13 +73,21 @@ async def next_state(ws, timeout: float = 2.0):
             return decode_state(msg)
 
 
-async def until_roster(ws, users: set[str]) -> dict:
+async def next_text(ws, **match) -> dict:
+    """The next text message whose fields include `match` (skipping state frames and others)."""
     while True:
         raw = await recv(ws)
         if isinstance(raw, str):
             m = json.loads(raw)
-            if m.get("type") == "roster" and set(m["data"]["players"].values()) == users:
+            if all(m.get(k) == v for k, v in match.items()):
                 return m
+
+
+async def until_roster(ws, users: set[str]) -> dict:
+    while True:
+        m = await next_text(ws, type="roster")
+        if set(m["data"]["players"].values()) == users:
+            return m
 
 
 def test_players_steer_tick_and_chat(port):
@@ -126,25 +134,13 @@ def test_players_steer_tick_and_chat(port):
         assert pos[0] >= start[0]
         # chat on the Ext Lane reaches both
         await send_json(bob, {"v": 1, "svc": "chat", "type": "send", "room": "arena:1", "data": {"msg": "gg"}})
-        chat = None
-        while chat is None:
-            raw = await recv(alice)
-            if isinstance(raw, str) and json.loads(raw).get("svc") == "chat":
-                chat = json.loads(raw)
+        chat = await next_text(alice, svc="chat")
         # a late joiner's query over the Ext Lane
         await send_json(bob, {"v": 1, "svc": "arena", "type": "state", "room": "arena:1", "seq": 3})
-        reply = None
-        while reply is None:
-            raw = await recv(bob)
-            if isinstance(raw, str) and json.loads(raw).get("type") == "reply":
-                reply = json.loads(raw)
+        reply = await next_text(bob, type="reply")
         # a bad steer frame: sys.error, the session stays
         await bob.send(bytes([7, 1, 0]) + b"\x01")
-        err = None
-        while err is None:
-            raw = await recv(bob)
-            if isinstance(raw, str) and json.loads(raw).get("type") == "error":
-                err = json.loads(raw)
+        err = await next_text(bob, type="error")
         await bob.close()
         left = await until_roster(alice, {"alice"})
         await alice.close()
@@ -165,11 +161,7 @@ def test_steering_needs_a_room_and_only_op_1_passes(port):
         no_room = await recv_json(ws)
         await request(ws, {"v": 1, "svc": "room", "type": "join", "room": "arena:2"})
         await ws.send(bytes([7, 2, 0, 0, 0]))                # op 2 is the server's: not allowed
-        wrong_op = None
-        while wrong_op is None:
-            raw = await recv(ws)
-            if isinstance(raw, str) and json.loads(raw).get("type") == "error":
-                wrong_op = json.loads(raw)
+        wrong_op = await next_text(ws, type="error")
         await ws.close()
         return no_room, wrong_op
     no_room, wrong_op = run(main())

@@ -15,6 +15,7 @@ cdef class Endpoint(WSListener):
     cdef public Corker corker
     cdef object _out          # None, one frame (bytes), or a list of frames
     cdef bint _enqueue(self, bytes frame, bint lossy) except -1
+    cdef int _flush(self) except -1
     cpdef flush(self)
 
 cpdef bytes build_frame(int opcode, object payload)

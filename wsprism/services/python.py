@@ -369,10 +369,6 @@ class PythonService(SessionQueues):
     def takes_messages(self) -> bool:
         return self._on_message is not None
 
-    @property
-    def takes_hot(self) -> bool:
-        return self._on_hot is not None
-
     # -- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         if overrides(type(self.instance), "on_start"):

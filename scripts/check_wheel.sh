@@ -9,6 +9,8 @@ python -m pip wheel -q --no-deps . -w "$work/dist"
 wheel=$(ls "$work"/dist/wsprism-*.whl)
 python -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); sys.exit(not all(any(n.startswith(f'wsprism/_fast/{m}.') and n.endswith('.so') for n in names) for m in ('bucket_c', 'utf8_c', 'hotheader_c', 'fanout_c', 'framer_c')))" "$wheel" \
   || { echo "check_wheel: compiled modules missing from $wheel"; exit 1; }
+python -c "import sys, zipfile; names = set(zipfile.ZipFile(sys.argv[1]).namelist()); sys.exit(not all(f'wsprism/ops/static/admin/{f}' in names for f in ('index.html', 'admin.js', 'admin.css')))" "$wheel" \
+  || { echo "check_wheel: the admin page's files are missing from $wheel"; exit 1; }
 "${PYTHON:-python3}" -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "$wheel"
 if "$work/venv/bin/python" -c "import Cython" 2>/dev/null; then

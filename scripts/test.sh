@@ -6,12 +6,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# redis-server: the scale-out tests start a real one (installed with apt-get where missing)
-if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+# System packages the tests start for real, installed with apt-get where missing:
+# redis-server (scale-out tests), prometheus + promtool (dashboard and alert-rule tests).
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing="$missing prometheus"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
 if [ -z "${VIRTUAL_ENV:-}" ]; then

@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests start for real, installed with apt-get where missing:
-# redis-server (scale-out tests), prometheus + promtool (dashboard and alert-rule tests).
+# redis-server (scale-out tests), prometheus + promtool (dashboard and alert-rule tests),
+# chromium (browser tests: PyPI's playwright drives /usr/bin/chromium, never `playwright install`).
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing="$missing prometheus"
 if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""

@@ -9,6 +9,9 @@
 // Everything shown is set with textContent: no client-chosen text becomes markup.
 
 const REFRESH_MS = 2000;
+// relative to /admin/, so the page also works behind a proxy that mounts the API under a prefix
+const STATE_URL = "../v1/admin/state";
+const DISCONNECT_URL = "../v1/disconnect";
 const PAGE = 50;
 const KEY_ITEM = "wsprism.admin.key";
 
@@ -77,7 +80,7 @@ async function refresh() {
   const params = new URLSearchParams({ offset: String(view.offset), limit: String(PAGE) });
   if (view.q) params.set("q", view.q);
   try {
-    const { status, data } = await api("GET", `/v1/admin/state?${params}`);
+    const { status, data } = await api("GET", `${STATE_URL}?${params}`);
     if (status === 401 || status === 403) {
       signOut(`${status}: ${data.error}`);
       return;
@@ -211,7 +214,7 @@ async function disconnect(btn) {
   const user = btn.dataset.user;
   const out = $("action");
   try {
-    const { status, data } = await api("POST", "/v1/disconnect", { tenant: view.tenant, user });
+    const { status, data } = await api("POST", DISCONNECT_URL, { tenant: view.tenant, user });
     if (status === 401 || status === 403) {
       signOut(`${status}: ${data.error}`);
       return;

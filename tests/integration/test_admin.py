@@ -211,7 +211,7 @@ def test_admin_page_files(g):
     assert b"/v1/admin/state" in body and b"Authorization" in body
     assert get(g, "/admin/admin.css", key=None)[0] == 200
     code, headers, _ = get(g, "/admin", key=None)
-    assert code == 308 and headers["Location"] == "/admin/"
+    assert code == 308 and headers["Location"] == "admin/"
     code, headers, body = get(g, "/admin/secrets.txt", key=None)
     assert code == 404 and json.loads(body) == {"error": "not found"}
     assert get(g, "/admin/../ops/api.py", key=None)[0] == 404

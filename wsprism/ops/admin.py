@@ -67,15 +67,17 @@ class Sampler:
     def __init__(self, gateway) -> None:
         self.gateway = gateway
         self.samples: dict[str, deque] = {}      # tenant id -> deque of (loop time, counters)
+        self._of: dict[str, object] = {}         # tenant id -> the TenantRuntime sampled
 
     def sample(self, now: float) -> None:
         tenants = self.gateway.tenants
         for tid in [t for t in self.samples if t not in tenants]:
-            del self.samples[tid]
+            del self.samples[tid], self._of[tid]
         for tid, tenant in tenants.items():
             ring = self.samples.get(tid)
-            if ring is None:
+            if ring is None or self._of[tid] is not tenant:     # new, or removed and added again
                 ring = self.samples[tid] = deque()
+                self._of[tid] = tenant
             ring.append((now, counters(tenant)))
             horizon = now - RECENT_WINDOW - SAMPLE_EVERY
             while ring[0][0] < horizon:

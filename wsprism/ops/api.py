@@ -335,7 +335,7 @@ class ApiServer:
         return resp
 
     async def admin_redirect(self, request: web.Request) -> web.Response:
-        return web.Response(status=308, headers={"Location": "/admin/"})
+        return web.Response(status=308, headers={"Location": "admin/"})   # relative: behind a prefix too
 
     async def admin_page(self, request: web.Request) -> web.Response:
         found = ADMIN_FILES.get(request.match_info["name"])

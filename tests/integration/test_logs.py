@@ -69,6 +69,20 @@ def backend():
     b.stop()
 
 
+@pytest.fixture
+def spawn(tmp_path, backend):
+    """Starts gateway processes (see `start`); all are killed at the end of the test."""
+    procs = []
+
+    def spawn_one(*args, yaml=YAML) -> Proc:
+        proc = start(tmp_path, backend, *args, yaml=yaml)
+        procs.append(proc)
+        return proc
+    yield spawn_one
+    for proc in procs:
+        proc.stop()
+
+
 def start(tmp_path, backend, *args, yaml=YAML) -> Proc:
     port, api_port = free_port(), free_port()
     keyfile = tmp_path / "jwtt.key"
@@ -114,61 +128,59 @@ def status_of(p: Proc, tenant: str, ticket: str) -> int:
     return http_get(p.port, f"/v1/ws?{q}", UPGRADE_HEADERS)[0]
 
 
-def test_json_lines_never_hold_a_secret(tmp_path, backend):
+def test_json_lines_never_hold_a_secret(spawn):
     # the command line wins over gateway.log (text/warning in the file)
-    p = start(tmp_path, backend, "--log-format", "json", "--log-level", "debug")
+    p = spawn("--log-format", "json", "--log-level", "debug")
     long_user = 'a"\\\n' * 400                   # a JWT `sub` with quotes, backslashes, newlines
     jwt_long = token(long_user)                # and a ticket of about 4 KB
     assert 3500 < len(jwt_long) <= 4096
     jwt_good, jwt_refresh, jwt_expired = token("jay"), token("jay", 900), token("jay", -60)
     jwt_forged = token("jay", secret="not-the-secret-0123456789abcdef")
-    try:
-        assert status_of(p, "acme", STATIC_BAD) == 401
-        assert status_of(p, "jwtt", jwt_expired) == 401
-        assert status_of(p, "jwtt", jwt_forged) == 401
-        assert status_of(p, "acme", "x" * 4096) == 401      # a 4 KB ticket
-        assert http_get(p.port, f"/nowhere?ticket={STATIC_GOOD}")[0] == 404
+    assert status_of(p, "acme", STATIC_BAD) == 401
+    assert status_of(p, "jwtt", jwt_expired) == 401
+    assert status_of(p, "jwtt", jwt_forged) == 401
+    assert status_of(p, "acme", "x" * 4096) == 401      # a 4 KB ticket
+    assert http_get(p.port, f"/nowhere?ticket={STATIC_GOOD}")[0] == 404
 
-        async def main():
-            a, _ = await connect_authed(p.url("acme", STATIC_GOOD))
-            j, _ = await connect_authed(p.url("jwtt", jwt_good))
-            assert (await request(j, {"v": 1, "svc": "sys", "type": "refresh", "data": {"ticket": jwt_refresh}}))[
-                "type"] == "refreshed"
-            assert error_of(await request(j, {"v": 1, "svc": "sys", "type": "refresh",
-                                              "data": {"ticket": jwt_forged}})) == "AUTH_FAILED"
-            for t in HOOK_TICKETS:
-                ws = await connect(p.url("hook", urllib.parse.quote(t)))
-                assert error_of(json.loads(await ws.recv())) == "AUTH_FAILED"
-                assert await expect_close(ws) == 4007
-            d, authed = await connect_authed(p.url("jwtt", jwt_long))
-            assert authed["data"]["user"] == long_user
-            # a service webhook that times out: one WARNING line, rate-limited
-            for _ in range(3):
-                msg = await request(a, {"v": 1, "svc": "echo", "type": "x", "data": {"do": {"sleep": 1}}})
-                assert error_of(msg) == "TIMEOUT"
-            # traffic: no line per message
-            for i in range(50):
-                await send_json(a, {"v": 1, "svc": "sys", "type": "ping"})
-            assert await api(p, "GET", "/v1/stats?tenant=acme", ACME_KEY) == 200
-            assert await api(p, "GET", "/v1/stats?tenant=jwtt", FILE_KEY) == 200
-            assert await api(p, "GET", "/v1/stats?tenant=acme", WRONG_KEY) == 401
-            assert await api(p, "GET", "/v1/stats?tenant=acme", FILE_KEY) == 403
-            assert await api(p, "POST", "/v1/disconnect", ACME_KEY, {"tenant": "acme", "user": "alice"}) == 200
-            assert await expect_close(a) == 4006
-            for ws in (j, d):
-                await ws.close()
-            await asyncio.sleep(0.3)
-        run(main())
-        # a reload rejected on a bad value next to a secret, then a good one
-        good = p.cfg_path.read_text()
-        p.cfg_path.write_text(good.replace("secret_env: WSPRISM_LOGTEST_JWT", f"secret: {JWT_SECRET}, secrett: 1"))
-        p.p.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while "reload rejected" not in p.text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        p.stop()
+    async def main():
+        a, _ = await connect_authed(p.url("acme", STATIC_GOOD))
+        j, _ = await connect_authed(p.url("jwtt", jwt_good))
+        assert (await request(j, {"v": 1, "svc": "sys", "type": "refresh", "data": {"ticket": jwt_refresh}}))[
+            "type"] == "refreshed"
+        assert error_of(await request(j, {"v": 1, "svc": "sys", "type": "refresh",
+                                          "data": {"ticket": jwt_forged}})) == "AUTH_FAILED"
+        for t in HOOK_TICKETS:
+            ws = await connect(p.url("hook", urllib.parse.quote(t)))
+            assert error_of(json.loads(await ws.recv())) == "AUTH_FAILED"
+            assert await expect_close(ws) == 4007
+        d, authed = await connect_authed(p.url("jwtt", jwt_long))
+        assert authed["data"]["user"] == long_user
+        # a service webhook that times out: one WARNING line, rate-limited
+        for _ in range(3):
+            msg = await request(a, {"v": 1, "svc": "echo", "type": "x", "data": {"do": {"sleep": 1}}})
+            assert error_of(msg) == "TIMEOUT"
+        # traffic: no line per message
+        for i in range(50):
+            await send_json(a, {"v": 1, "svc": "sys", "type": "ping"})
+        assert await api(p, "GET", "/v1/stats?tenant=acme", ACME_KEY) == 200
+        assert await api(p, "GET", "/v1/stats?tenant=jwtt", FILE_KEY) == 200
+        assert await api(p, "GET", "/v1/stats?tenant=acme", WRONG_KEY) == 401
+        assert await api(p, "GET", "/v1/stats?tenant=acme", FILE_KEY) == 403
+        assert await api(p, "POST", "/v1/disconnect", ACME_KEY, {"tenant": "acme", "user": "alice"}) == 200
+        assert await expect_close(a) == 4006
+        for ws in (j, d):
+            await ws.close()
+        await asyncio.sleep(0.3)
+    run(main())
+    # a reload rejected on a bad value next to a secret
+    good = p.cfg_path.read_text()
+    p.cfg_path.write_text(good.replace("secret_env: WSPRISM_LOGTEST_JWT", f"secret: {JWT_SECRET}, secrett: 1"))
+    p.p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "reload rejected" not in p.text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p.stop()
 
     text = p.text()
     for secret in [JWT_SECRET, ACME_KEY, FILE_KEY, WRONG_KEY, STATIC_GOOD, STATIC_BAD, jwt_good, jwt_refresh,
@@ -199,29 +211,27 @@ def test_json_lines_never_hold_a_secret(tmp_path, backend):
     assert not [ln for ln in lines if ln["level"] == "debug" and "ping" in ln["msg"]]
 
 
-def test_gateway_log_from_the_file_and_sighup(tmp_path, backend):
-    p = start(tmp_path, backend, yaml=YAML.replace("{format: text, level: warning}", "{format: json, level: info}"))
-    try:
-        first = lines_of(p)
-        assert [ln["msg"] for ln in first if ln["msg"].startswith("wsPrism Gateway active")]
-        p.cfg_path.write_text(p.cfg_path.read_text().replace("{format: json, level: info}",
-                                                             "{format: text, level: debug}"))
-        p.p.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while "configuration reloaded" not in p.text():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        # "configuration reloaded" is the last JSON line; what follows is text, DEBUG included
+def test_gateway_log_from_the_file_and_sighup(spawn):
+    p = spawn(yaml=YAML.replace("{format: text, level: warning}", "{format: json, level: info}"))
+    first = lines_of(p)
+    assert [ln["msg"] for ln in first if ln["msg"].startswith("wsPrism Gateway active")]
+    p.cfg_path.write_text(p.cfg_path.read_text().replace("{format: json, level: info}",
+                                                         "{format: text, level: debug}"))
+    p.p.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "configuration reloaded" not in p.text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # "configuration reloaded" is the last JSON line; what follows is text, DEBUG included
 
-        async def main():
-            ws, _ = await connect_authed(p.url("devt", "dev:tess"))
-            await ws.close()
-            await asyncio.sleep(0.2)
-        run(main())
-        lines = p.text().splitlines()
-        at = next(i for i, ln in enumerate(lines) if "configuration reloaded" in ln)
-        assert json.loads(lines[at])["level"] == "info"
-        assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} DEBUG wsprism\.gateway > session opened$",
-                        lines[at + 1]), lines[at + 1:]
-    finally:
-        p.stop()
+    async def main():
+        ws, _ = await connect_authed(p.url("devt", "dev:tess"))
+        await ws.close()
+        await asyncio.sleep(0.2)
+    run(main())
+    lines = p.text().splitlines()
+    at = next(i for i, ln in enumerate(lines) if "configuration reloaded" in ln)
+    assert json.loads(lines[at])["level"] == "info"
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} DEBUG wsprism\.gateway > session opened$",
+                    lines[at + 1]), lines[at + 1:]
+    p.stop()

@@ -357,7 +357,8 @@ export class WsPrism {
   _join(room, since, rejoin) {
     const data = since && since.epoch != null ? { since: { offset: since.offset, epoch: since.epoch } } : undefined;
     return this._req("join", { svc: "room", type: "join", room, data }).then((d) => {
-      const j = { room, rejoin: !!rejoin, recovered: d.recovered, offset: d.offset, epoch: d.epoch };
+      const j = { room, rejoin: !!rejoin };
+      for (const k of ["recovered", "offset", "epoch"]) if (d[k] !== undefined) j[k] = d[k];
       this._emit("joined", j);
       return j;
     });

@@ -18,14 +18,18 @@ Reusable by any browser test (the demo and client here, an admin page later):
   test itself, so it shares the origin of whatever serves `base`) that has imported
   `<base>/client/wsprism.js` as `window.W`, with `window.make(options)` building a
   client whose events are recorded in `client.log`.
+- `gateway`: a real gateway (module scope) on a fixed free port, with `restart()`.
 """
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, sync_playwright
+
+from tests.conftest import RunningGateway
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-results" / "browser"
@@ -34,6 +38,7 @@ LAUNCH_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--no-first-run",
+    "--disable-features=LocalNetworkAccessChecks",
 ]
 VIEWPORT = {"width": 1200, "height": 560}
 
@@ -140,10 +145,14 @@ window.ready = true;
 </script>"""
 
 
-def open_test_page(pages: Pages, base: str, client_js: bytes | None = None, **context_args) -> Page:
+def open_test_page(pages: Pages, base: str, client_js: bytes | None = None, init_script: str | None = None,
+                   **context_args) -> Page:
     """A page at `<base>/__test__.html` with the client loaded (see the module docstring).
-    `client_js`: serve these bytes as /client/wsprism.js instead of asking `base`."""
+    `client_js`: serve these bytes as /client/wsprism.js instead of asking `base`;
+    `init_script`: JavaScript run in the page before anything else."""
     page = pages.new(**context_args)
+    if init_script is not None:
+        page.add_init_script(init_script)
     page.route(f"{base}/__test__.html", lambda route: route.fulfill(body=TEST_PAGE, content_type="text/html"))
     if client_js is not None:
         page.route(f"{base}/client/wsprism.js",
@@ -151,3 +160,69 @@ def open_test_page(pages: Pages, base: str, client_js: bytes | None = None, **co
     page.goto(f"{base}/__test__.html")
     page.wait_for_function("window.ready === true")
     return page
+
+
+# -- a real gateway for browser tests ----------------------------------------------------
+GATEWAY_YAML = """
+version: 1
+gateway:
+  listen: "127.0.0.1:{port}"
+  demo: true
+  drain_grace_ms: 200
+tenants:
+  - id: acme
+    policy:
+      presence_events: true
+      ext_allowlist: ["room:*", "chat:send", "sys:*"]
+      hot_allowlist: ["1:*"]
+  - id: full
+    limits: {{max_sessions_total: 1}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Gateway:
+    """A gateway in this process (tests/conftest.py's RunningGateway) on a fixed port, so
+    that it can be restarted under the pages' feet: `restart()` drains it (1001 closes)
+    and starts a new one on the same port."""
+
+    def __init__(self, yaml_text: str = GATEWAY_YAML) -> None:
+        self.port = free_port()
+        self.yaml = yaml_text.format(port=self.port)
+        self.running = RunningGateway(self.yaml)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/ws"
+
+    def call(self, fn, *args):
+        return self.running.call(fn, *args)
+
+    def tenant(self, tid: str = "acme"):
+        return self.running.tenant(tid)
+
+    def stop(self) -> None:
+        self.running.stop()
+
+    def start(self) -> None:
+        self.running = RunningGateway(self.yaml)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    g = Gateway()
+    yield g
+    g.stop()

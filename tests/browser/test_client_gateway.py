@@ -46,7 +46,7 @@ def test_replaced_tab_stops_instead_of_fighting_back(pages, gateway):
     a.evaluate("c.connect()")
     b.evaluate("c.connect()")
     a.wait_for_function("c.state === 'closed'")
-    b.wait_for_timeout(800)       # two backoff periods: a tab that fought back would have kicked b
+    b.wait_for_timeout(500)       # two backoff periods: a tab that fought back would have kicked b
     assert b.evaluate("c.state") == "open" and b.evaluate("c.events('state').length") == 2   # connecting, open
     err = a.evaluate("plain(c.lastError)")
     assert err["code"] == "CLOSED" and err["closeCode"] == 4003 and err["reason"] == "replaced"

@@ -8,8 +8,6 @@ test-results/browser/, and WSPRISM_UPDATE_SCREENSHOT=1 also writes it to docs/im
 import os
 import shutil
 
-import pytest
-
 from tests.browser.conftest import ARTIFACTS, REPO
 
 SCREENSHOT = REPO / "docs" / "images" / "demo.png"
@@ -101,15 +99,14 @@ def refusals(gateway, status: str) -> int:
     return gateway.call(lambda: sum(s.upgrades.get(status, 0) for s in [gw.unknown_stats] + [t.stats for t in gw.tenants.values()]))
 
 
-@pytest.mark.parametrize("query, reason, status", [
-    ("ticket=nope", "auth_failed", "401"),
-    ("tenant=nope", "unknown_tenant", "400"),
-])
-def test_refusal_reason_is_shown_and_not_retried(pages, gateway, query, reason, status):
-    before = refusals(gateway, status)
-    page = pages.new(f"{gateway.http}/demo/?{query}")
-    page.wait_for_function("document.getElementById('state').textContent === 'closed'")
-    page.wait_for_timeout(1200)     # longer than any first backoff: nothing more happens
-    assert page.inner_text("#state") == "closed"
-    assert f"REFUSED ({reason})" in page.inner_text("#error")
-    assert refusals(gateway, status) - before == 2      # the refused upgrade and its check, once each
+def test_refusal_reasons_are_shown_and_not_retried(pages, gateway):
+    cases = [("ticket=nope", "auth_failed", "401"), ("tenant=nope", "unknown_tenant", "400")]
+    before = {status: refusals(gateway, status) for _, _, status in cases}
+    tabs = [pages.new(f"{gateway.http}/demo/?{query}") for query, _, _ in cases]
+    for page in tabs:
+        page.wait_for_function("document.getElementById('state').textContent === 'closed'")
+    tabs[0].wait_for_timeout(1100)     # longer than the first backoff (0.5 to 1 s): nothing more happens
+    for page, (_, reason, status) in zip(tabs, cases):
+        assert page.inner_text("#state") == "closed"
+        assert f"REFUSED ({reason})" in page.inner_text("#error")
+        assert refusals(gateway, status) - before[status] == 2      # the refused upgrade and its check, once each

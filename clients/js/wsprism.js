@@ -197,7 +197,10 @@ export class WsPrism {
     const err = this._error(v.code, v.msg || reason, { reason, retryAfter: v.retry_after });
     this._settleFirst(err);
     if (final) return this._state("closed", { reason });
-    this._retry({ reason }, (v.retry_after || 0) * 1000, reason == "draining");
+    // Nobody listening (a restart, say) costs the gateway nothing per try: those tries
+    // stop growing at 0.5-2.5 s, so a restarted gateway sees its clients back within
+    // seconds. Every answer from the gateway (refusal, close) backs off up to maxDelay.
+    this._retry({ reason }, (v.retry_after || 0) * 1000, reason == "draining", reason == "unreachable" ? 2 : 30);
   }
 
   _closed(code, why) {
@@ -209,10 +212,11 @@ export class WsPrism {
     this._retry(info, code == 4005 ? 2000 : 0, code == 1001);
   }
 
-  // Full-jitter backoff: min + random(0, min(max, min * 2^n)), at most max.
-  _retry(info, atLeast, spread) {
-    const o = this.o, n = this._n++;
-    let d = Math.min(o.maxDelay, o.minDelay + Math.random() * Math.min(o.maxDelay, o.minDelay * 2 ** Math.min(n + (spread ? 1 : 0), 30)));
+  // Full-jitter backoff: min + random(0, min(max, min * 2^n)), at most max; n counts the
+  // failed tries since the last `authed` (one more for a draining gateway's spread).
+  _retry(info, atLeast, spread, maxStep = 30) {
+    const o = this.o, n = Math.min(this._n++ + (spread ? 1 : 0), maxStep);
+    let d = Math.min(o.maxDelay, o.minDelay + Math.random() * Math.min(o.maxDelay, o.minDelay * 2 ** n));
     d = Math.max(d, atLeast);
     this._state("reconnecting", { ...info, delay: d });
     this._retryT = setTimeout(() => this._open(), d);

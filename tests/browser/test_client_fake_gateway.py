@@ -109,6 +109,20 @@ def test_backoff_is_full_jitter_within_bounds_and_resets_after_authed(page):
     assert page.evaluate("c._n") == 0
 
 
+def test_tries_that_find_nobody_listening_stop_growing_at_step_two(page):
+    """A gateway that is down (its check gets no answer either) costs nothing per try:
+    the backoff stops growing at min + random(0, 4 min); answers keep the full growth."""
+    page.route(f"{BASE}/v1/ws/check?*", lambda route: route.abort())
+    FakeGateway(page, lambda conn: conn.close(1006))
+    make(page, opts="minDelay: 10, maxDelay: 5000")
+    page.evaluate("c.connect().catch(() => {})")
+    page.wait_for_function("c.events('state').filter((s) => s[0] === 'reconnecting').length >= 7", timeout=5000)
+    page.evaluate("c.close()")
+    delays = [s[1]["delay"] for s in events(page, "state") if s[0] == "reconnecting"]
+    assert all(s[1]["reason"] == "unreachable" for s in events(page, "state") if s[0] == "reconnecting")
+    assert all(10 <= d <= 50 for d in delays), delays
+
+
 def test_first_connect_rejects_when_the_first_attempt_ends_before_authed(page):
     def on_connect(conn):
         conn.sys("error", data={"code": "TOO_MANY_SESSIONS", "msg": "at the limit"}, trace_id="t")

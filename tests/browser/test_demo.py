@@ -68,7 +68,8 @@ def test_two_tabs_chat_presence_and_hot_lane(pages, gateway):
     assert alice.inner_text("#state") == "open" and alice.inner_text("#error") == "last error: none"
     alice.wait_for_timeout(100)                     # the last animation frames drawn
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    alice.screenshot(path=str(ARTIFACTS / "demo.png"))
+    height = alice.evaluate("Math.ceil(document.querySelector('main').getBoundingClientRect().bottom)")
+    alice.screenshot(path=str(ARTIFACTS / "demo.png"), clip={"x": 0, "y": 0, "width": 1200, "height": height})
     if os.environ.get("WSPRISM_UPDATE_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ARTIFACTS / "demo.png", SCREENSHOT)

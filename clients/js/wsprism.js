@@ -369,7 +369,11 @@ export class WsPrism {
   }
 
   join(room, opts = {}) { return this._join(room, opts.since); }
-  leave(room) { return this._req("leave", { svc: "room", type: "leave", room }); }
+  leave(room) {
+    // not connected: forget the room, so the next connection does not re-join it
+    if (this.state != "open" && this.rooms.delete(room)) return Promise.resolve();
+    return this._req("leave", { svc: "room", type: "leave", room });
+  }
   presence(room) { return this._req("presence", { svc: "room", type: "presence", room }); }
   refresh(ticket) { return this._req("refresh", { svc: "sys", type: "refresh", data: { ticket } }); }
 

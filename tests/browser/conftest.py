@@ -58,10 +58,6 @@ if not _gateway_has_history():
     collect_ignore = ["test_recovery_history.py"]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "page_errors_ok: uncaught errors in the test's pages do not fail it")
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

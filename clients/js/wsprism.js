@@ -149,6 +149,7 @@ export class WsPrism {
       this._rx = Date.now();
       typeof e.data == "string" ? this._text(e.data) : this._hot(e.data);
     };
+    ws.onerror = () => {};    // a close always follows (and Node's `ws` throws on an unheard error)
     ws.onclose = (e) => {
       if (gen != this._gen) return;
       this._down();
@@ -166,7 +167,7 @@ export class WsPrism {
     this._probing = 0;
     clearTimeout(this._retryT);
     const ws = this.ws;
-    if (ws) ws.onopen = ws.onmessage = ws.onclose = null;
+    if (ws) ws.onopen = ws.onmessage = ws.onclose = null;   // (onerror stays: a late error is ignored)
     this.ws = null;
     const err = new WsPrismError("DISCONNECTED", "connection lost before the answer");
     for (const p of this._p.values()) p.done(err);
@@ -223,6 +224,7 @@ export class WsPrism {
   }
 
   _retryNow() {
+    if (this.ws) return;      // a try is under way
     clearTimeout(this._retryT);
     this._n = 0;
     this._open();

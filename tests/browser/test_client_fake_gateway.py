@@ -91,9 +91,10 @@ def test_close_code_table(page):
 
 
 def test_backoff_is_full_jitter_within_bounds_and_resets_after_authed(page):
-    # a gateway that accepts the socket and closes it at once, 8 times, then works
+    # a gateway that opens the socket and closes it at once, 8 times, then works
     def on_connect(conn):
         if len(fake.conns) <= 8:
+            conn.sys("pong")        # (a frame first: the socket opened, so it is a close, not a refusal)
             conn.close(1011)
         else:
             conn.authed()
@@ -101,8 +102,9 @@ def test_backoff_is_full_jitter_within_bounds_and_resets_after_authed(page):
     make(page, opts="minDelay: 20, maxDelay: 300")
     page.evaluate("c.connect().catch(() => {})")
     page.wait_for_function("c.state === 'open'", timeout=8000)
-    delays = [s[1]["delay"] for s in events(page, "state") if s[0] == "reconnecting"]
-    assert len(delays) == 8
+    reconnecting = [s[1] for s in events(page, "state") if s[0] == "reconnecting"]
+    assert [r["closeCode"] for r in reconnecting] == [1011] * 8
+    delays = [r["delay"] for r in reconnecting]
     # attempt n waits min + random(0, min(max, min * 2^n)), never more than max
     for n, d in enumerate(delays):
         assert 20 <= d <= min(300, 20 + 20 * 2 ** n), (n, d, delays)
@@ -355,10 +357,9 @@ def test_sys_ping_notices_a_dead_link_and_reconnects(page):
 
 def test_online_and_visibility_make_a_waiting_client_try_now(page):
     def on_connect(conn):
+        conn.authed()
         if len(fake.conns) == 1:
             conn.close(1011)
-        else:
-            conn.authed()
     fake = FakeGateway(page, on_connect)
     make(page, opts="minDelay: 60000, maxDelay: 60000")
     page.evaluate("c.connect().catch(() => {})")

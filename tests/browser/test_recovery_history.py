@@ -9,20 +9,10 @@ nothing else: the client side (offsets and epochs per room, re-join with `since`
 replayed duplicates dropped, `recovered` surfaced) is done and tested against the fake
 gateway in test_client_fake_gateway.py.
 """
-from tests.browser.conftest import Gateway, open_test_page
+from tests.browser.conftest import GATEWAY_YAML, Gateway, open_test_page
 
-HISTORY_YAML = """
-version: 1
-gateway:
-  listen: "127.0.0.1:{port}"
-  demo: true
-  drain_grace_ms: 200
-tenants:
-  - id: acme
-    policy:
-      ext_allowlist: ["room:*", "chat:send", "sys:*"]
-      history: {{size: 100, ttl_ms: 60000}}
-"""
+HISTORY_YAML = GATEWAY_YAML.replace("      presence_events: true\n",
+                                    "      presence_events: true\n      history: {{size: 100, ttl_ms: 60000}}\n")
 
 
 def msgs(page):

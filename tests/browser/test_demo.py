@@ -34,7 +34,7 @@ def move(page, points):
     box = page.locator("#pad").bounding_box()
     for x, y in points:
         page.mouse.move(box["x"] + x, box["y"] + y)
-        page.wait_for_timeout(20)
+        page.wait_for_timeout(25)
 
 
 def wait_people(page, n):
@@ -59,8 +59,8 @@ def test_two_tabs_chat_presence_and_hot_lane(pages, gateway):
     assert alice.input_value("#msg") == ""          # cleared once the gateway acked it
     # mouse moves over the canvas: Hot Lane frames that every tab in the room draws (the
     # relay sends them back to the sender too, so each tab can compare with its own echo)
-    move(bob, [(60 + 9 * i, 70 + 4 * i) for i in range(30)])
-    move(alice, [(330 - 6 * i, 220 - 3 * i) for i in range(30)])
+    move(bob, [(60 + 18 * i, 70 + 8 * i) for i in range(15)])
+    move(alice, [(330 - 12 * i, 220 - 6 * i) for i in range(15)])
     for who, other in (("bob", alice), ("alice", bob)):
         mine = bob if who == "bob" else alice
         mine.wait_for_function(f"cursorOf('{who}') !== undefined")

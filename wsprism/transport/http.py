@@ -33,6 +33,7 @@ _CHECK = {"Content-Type": "application/json", "Access-Control-Allow-Origin": "*"
 
 
 def json(status: int, obj, headers: dict | None = None) -> WSUpgradeResponseWithListener:
+    """A JSON answer of /v1/ws/check (with the headers above)."""
     data = _json.dumps(obj).encode()
     hdrs = {**_CHECK, **(headers or {})}
     if status == 200:

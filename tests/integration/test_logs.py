@@ -135,7 +135,7 @@ def test_json_lines_never_hold_a_secret(spawn):
     jwt_long = token(long_user)                # and a ticket of about 4 KB
     assert 3500 < len(jwt_long) <= 4096
     jwt_good, jwt_refresh, jwt_expired = token("jay"), token("jay", 900), token("jay", -60)
-    jwt_forged = token("jay", secret="not-the-secret-0123456789abcdef")
+    jwt_forged = token("jay", secret="not-the-secret-0123456789abcdef01")
     assert status_of(p, "acme", STATIC_BAD) == 401
     assert status_of(p, "jwtt", jwt_expired) == 401
     assert status_of(p, "jwtt", jwt_forged) == 401

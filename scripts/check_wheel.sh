@@ -19,6 +19,8 @@ for name, src in [("demo.html", "wsprism/ops/static/demo.html"), ("wsprism.js", 
     if z.read(f"wsprism/ops/static/{name}") != open(src, "rb").read():
         sys.exit(f"wsprism/ops/static/{name} differs from {src}")
 PY
+python -c "import sys, zipfile; names = set(zipfile.ZipFile(sys.argv[1]).namelist()); sys.exit(not all(f'wsprism/ops/static/admin/{f}' in names for f in ('index.html', 'admin.js', 'admin.css')))" "$wheel" \
+  || { echo "check_wheel: the admin page's files are missing from $wheel"; exit 1; }
 "${PYTHON:-python3}" -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "$wheel"
 if "$work/venv/bin/python" -c "import Cython" 2>/dev/null; then

@@ -11,11 +11,13 @@ cd "$(dirname "$0")/.."
 #   chromium      the browser tests (tests/browser: PyPI playwright drives /usr/bin/chromium;
 #                 no `playwright install`, which would download a browser)
 #   nodejs, npm   the JavaScript client under Node, and its size and type checks
+#   prometheus    prometheus and promtool: the dashboard and alert-rule tests
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -79,7 +79,12 @@ class Gateway:
 
     @property
     def draining(self) -> bool:
+        """True from the stop signal on (held by the lifecycle, which refuses late admissions)."""
         return self.lifecycle.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.lifecycle.draining = value
 
     def request_stop(self) -> None:
         self.stop_requested.set()

@@ -17,12 +17,15 @@ is refused (TOO_MANY_SESSIONS, close 4004) and gets no `authed`. An admitted one
 OPEN, gets its rate-limit bucket and expiry timer, and is greeted with `authed`.
 """
 import asyncio
+import logging
 from collections.abc import Callable
 
 from .core import codes
 from .core.envelope import encode_sys
-from .core.session import CLOSED, OPEN
+from .core.session import CLOSED, OPEN, about
 from .policy.ratelimit import new_session_bucket
+
+log = logging.getLogger("wsprism.gateway")
 
 
 class Lifecycle:
@@ -56,6 +59,9 @@ class Lifecycle:
         if not tenant.admit(session):
             session.refuse(codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user",
                            codes.CLOSE_TOO_MANY_SESSIONS)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("session refused: user at max_sessions_per_user",
+                          extra=about(session, code=codes.TOO_MANY_SESSIONS))
             return
         session.state = OPEN
         session.bucket = new_session_bucket(tenant.policy)
@@ -65,6 +71,8 @@ class Lifecycle:
             data={"tenant": tenant.id, "user": session.user, "sid": session.sid},
             trace_id=session.trace_id,
         ))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session opened", extra=about(session))
 
     def detach(self, session) -> None:
         """Leave rooms and registry (idempotent): called on close, kick and disconnect."""
@@ -80,6 +88,8 @@ class Lifecycle:
         if session.state == CLOSED:
             return
         self.detach(session)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session closed", extra=about(session))
         session.state = CLOSED
         session.tenant.sessions.release()
         if session.close_handle is not None:

@@ -27,7 +27,7 @@ from .auth.webhook import WebhookRefused
 from .core import codes
 from .core.dispatcher import DEFERRED, ServiceError
 from .core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_sys
-from .core.session import OPEN, PENDING
+from .core.session import OPEN, PENDING, about
 
 log = logging.getLogger("wsprism.auth")
 
@@ -112,7 +112,8 @@ class SessionAuth:
         try:
             await self._deferred_auth_steps(session, auth)
         except Exception:               # a bug must not leave a session PENDING forever
-            log.exception('tenant "%s": auth webhook handling failed', self.tenant_id)
+            log.exception('tenant "%s": auth webhook handling failed', self.tenant_id,
+                          extra=about(session, code=codes.INTERNAL))
             if session.state == PENDING:
                 session.refuse(codes.INTERNAL, "internal error", codes.CLOSE_INTERNAL)
 
@@ -137,7 +138,8 @@ class SessionAuth:
             ident = await auth.check(self.http, self.tenant_id, ticket, session.ip, session.sid)
         except WebhookRefused as exc:
             self._count(exc.outcome)
-            log.debug('tenant "%s": auth webhook refused a ticket: %s', self.tenant_id, exc)
+            log.debug('tenant "%s": auth webhook refused a ticket: %s', self.tenant_id, exc,
+                      extra=about(session, code=codes.AUTH_FAILED))
             return None
         self._count("ok")
         return ident

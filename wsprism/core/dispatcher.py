@@ -20,6 +20,7 @@ import msgspec
 from .._fast import Counter, ExtFlag
 from . import codes
 from .envelope import encode_ack
+from .session import about
 
 log = logging.getLogger("wsprism.dispatch")
 
@@ -99,7 +100,8 @@ class Dispatcher:
             session.send_error(exc.code, exc.msg, env.seq)
             return
         except Exception:
-            log.exception("service %s:%s failed", env.svc, env.type)
+            log.exception("service %s:%s failed", env.svc, env.type,
+                          extra=about(session, svc=env.svc, room=env.room, code=codes.INTERNAL))
             stats.service_errors_ext += 1
             session.send_error(codes.INTERNAL, "internal error", env.seq)
             return

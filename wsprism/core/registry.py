@@ -9,10 +9,11 @@ a list of them.
 
 
 class SessionRegistry:
-    __slots__ = ("count", "by_user", "by_sid")
+    __slots__ = ("count", "admitted", "by_user", "by_sid")
 
     def __init__(self) -> None:
         self.count = 0                          # accepted handshakes not yet gone
+        self.admitted = 0                       # of which admitted (in by_user and by_sid)
         self.by_user: dict[str, list] = {}      # admitted sessions, oldest first
         self.by_sid: dict[str, object] = {}     # sid -> Session, or list of Sessions
 
@@ -38,6 +39,7 @@ class SessionRegistry:
         return self.by_user.get(user, [])
 
     def add(self, session) -> None:
+        self.admitted += 1
         self.by_user.setdefault(session.user, []).append(session)
         sid = session.sid
         entry = self.by_sid.get(sid)
@@ -53,6 +55,7 @@ class SessionRegistry:
         if lst is not None:
             try:
                 lst.remove(session)
+                self.admitted -= 1
             except ValueError:
                 pass
             if not lst:

@@ -21,9 +21,11 @@ Hot Lane handlers, the sys.error encoder).
 States: PENDING (upgraded, not yet admitted: webhook auth under way), OPEN, CLOSING
 (close frame sent), CLOSED (the connection is gone).
 """
+import msgspec
+
 from .._fast import CLOSED, CLOSING, OPEN, PENDING, Conn
 
-__all__ = ["Session", "PENDING", "OPEN", "CLOSING", "CLOSED"]
+__all__ = ["Session", "PENDING", "OPEN", "CLOSING", "CLOSED", "about"]
 
 
 class Session(Conn):
@@ -55,3 +57,21 @@ class Session(Conn):
 
     def __repr__(self) -> str:
         return f"<Session {self.tenant.id}/{self.user}/{self.sid} state={self.state}>"
+
+
+def about(session=None, **fields) -> dict:
+    """`extra=` for a log line about one session (and maybe a room, service or code):
+    the context fields of wsprism/ops/logs.py. Fields that are None are left out; the
+    rest become strings."""
+    out = {}
+    if session is not None:
+        out["tenant"] = session.tenant.id
+        out["trace_id"] = session.trace_id
+        if session.user is not None:           # None while webhook auth has not answered
+            out["user"] = session.user
+        if session.sid is not None:
+            out["sid"] = session.sid
+    for name, value in fields.items():
+        if value is not None and value is not msgspec.UNSET:
+            out[name] = str(value)
+    return out

@@ -5,7 +5,7 @@ The per-message path only bumps plain integers in a tenant's `TenantStats`; the
 lock or label lookup is paid per message. Label values are tenant ids from the config
 and the fixed enums below, never anything a client sent.
 """
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .._fast import Counter
@@ -80,8 +80,13 @@ def python_service_metrics(gw):
 
 
 def make_registry(gateway) -> CollectorRegistry:
+    """The gateway's metrics, plus the standard `process_*` ones (CPU seconds, resident
+    memory, open and maximum file descriptors, start time: read from /proc at scrape time),
+    so the dashboard and alerts can show the one core and the descriptor limit a gateway
+    lives within without a separate exporter."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(gateway))
+    ProcessCollector(registry=registry)
     return registry
 
 

@@ -243,7 +243,8 @@ class Timer:
         self._next = loop.time() + interval
         self._handle = loop.call_at(self._next, self._fire)
         self._task = None
-        self._errors = ErrorLog(f'tenant "{gw.tenant}" timer {getattr(fn, "__qualname__", fn)!r}')
+        self._errors = ErrorLog(f'tenant "{gw.tenant}" timer {getattr(fn, "__qualname__", fn)!r}',
+                                {"tenant": gw.tenant})
         self.skipped = 0
 
     def cancel(self) -> None:
@@ -290,10 +291,11 @@ class ErrorLog:
     the one logged and how many were not), so a service failing on every message
     cannot flood the log."""
 
-    __slots__ = ("what", "_at", "_skipped")
+    __slots__ = ("what", "extra", "_at", "_skipped")
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, extra: dict | None = None) -> None:
         self.what = what
+        self.extra = extra or {}          # log context fields (ops/logs.py): tenant, svc
         self._at = -LOG_EVERY_S
         self._skipped = 0
 
@@ -307,7 +309,7 @@ class ErrorLog:
         more = f" ({skipped} more since the last report)" if skipped else ""
         where = f" in {during}" if during else ""
         log.error("%s raised%s: %s: %s%s", self.what, where, type(exc).__name__, exc, more,
-                  exc_info=(type(exc), exc, exc.__traceback__))
+                  exc_info=(type(exc), exc, exc.__traceback__), extra={**self.extra, "code": codes.INTERNAL})
 
 
 # -- one service of one tenant ----------------------------------------------------------------
@@ -337,7 +339,7 @@ class PythonService(SessionQueues):
         self.n_hot_ok = 0
         self.latency = Histogram(CALL_BUCKETS)
         self._reply_head = reply_head(svc)
-        self.errors = ErrorLog(f'tenant "{tenant_id}" service "{svc}"')
+        self.errors = ErrorLog(f'tenant "{tenant_id}" service "{svc}"', {"tenant": tenant_id, "svc": svc})
         cls = type(instance)
         self._on_message = instance.on_message if overrides(cls, "on_message") else None
         self._sync = self._on_message is not None and not inspect.iscoroutinefunction(cls.on_message)

@@ -27,7 +27,7 @@ from ..backend.metrics import WEBHOOK_BUCKETS, WEBHOOK_OUTCOMES
 from ..core import codes
 from ..core.dispatcher import DEFERRED, ServiceError
 from ..core.envelope import FLAG_ACK_REQUESTED, Envelope, encode_ack, encode_error, encode_reply, reply_head
-from ..core.session import OPEN
+from ..core.session import OPEN, about
 from ..core.stats import Histogram
 from .queues import SessionQueues
 
@@ -117,7 +117,8 @@ class Forwarder(SessionQueues):
         try:
             await self._call(session, env, deadline)
         except Exception:
-            log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc)
+            log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc,
+                          extra=about(session, svc=self.svc, code=codes.INTERNAL))
             session.send_error(codes.INTERNAL, "internal error", env.seq)
 
     async def _call(self, session, env, deadline: float) -> None:
@@ -186,7 +187,9 @@ class Forwarder(SessionQueues):
         skipped, self._log_skipped = self._log_skipped, 0
         self._log_at = now
         more = f" ({skipped} more failures since the last report)" if skipped else ""
-        log.warning('tenant "%s" service "%s": %s: %s%s', self.tenant_id, self.svc, outcome, detail, more)
+        log.warning('tenant "%s" service "%s": %s: %s%s', self.tenant_id, self.svc, outcome, detail, more,
+                    extra={"tenant": self.tenant_id, "svc": self.svc,
+                           "code": codes.TIMEOUT if outcome == "timeout" else codes.INTERNAL})
 
 
 def build_forwarders(tenant_id: str, services: dict, current: dict, http) -> dict:

@@ -182,7 +182,7 @@ def render(machine: dict, runs: list[dict]) -> str:
     compiled = machine.get("wsprism_compiled")
     out.append(f"| wsprism | {machine.get('wsprism', '?')} at commit `{machine.get('commit') or '?'}`, "
                f"compiled fast path {'active' if compiled else 'inactive' if compiled is not None else '?'} |")
-    libs = ", ".join(f"{k} {machine[k]}" for k in ("picows", "uvloop", "aiofastnet", "websockets", "psutil")
+    libs = ", ".join(f"{k} {machine[k]}" for k in ("picows", "uvloop", "aiofastnet", "websockets", "psutil", "bun")
                      if machine.get(k))
     out.append(f"| libraries | {libs} |")
     out.append("")

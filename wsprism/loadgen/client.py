@@ -81,7 +81,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, WSHandshakeError):
         resp = getattr(exc, "response", None)
         if resp is not None:
-            body = (resp.body or b"").decode("utf-8", "replace").strip().splitlines()
+            # picows leaves the refusal's body in raw_body (what came after the headers)
+            raw = resp.body or getattr(exc, "raw_body", None) or b""
+            body = raw.decode("utf-8", "replace").strip().splitlines()
             tail = f" ({body[0][:80]})" if body else ""
             return f"HTTP {int(resp.status)}{tail}"
         return f"handshake failed: {exc}"

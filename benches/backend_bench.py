@@ -217,6 +217,11 @@ def cpu_seconds(proc) -> float:
     return t.user + t.system
 
 
+def cpu_split(proc) -> tuple[float, float]:
+    t = proc.cpu_times()
+    return t.user, t.system
+
+
 def metric(port: int, name: str, labels: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for line in text.splitlines():
@@ -234,11 +239,11 @@ def webhook_phase(args, gw_port, gw_proc, be_proc, role="webhook") -> dict:
     for _, pipe in clients:
         pipe.send((m0, m1))
     time.sleep(max(0.0, (m0 - time.monotonic_ns()) / 1e9))
-    g0, b0 = cpu_seconds(gw_proc), cpu_seconds(be_proc)
+    g0, b0, gs0 = cpu_seconds(gw_proc), cpu_seconds(be_proc), cpu_split(gw_proc)[1]
     d_sum0 = metric(gw_port, "wsprism_webhook_duration_seconds_sum", 'service="bk"')
     d_cnt0 = metric(gw_port, "wsprism_webhook_duration_seconds_count", 'service="bk"')
     time.sleep(max(0.0, (m1 - time.monotonic_ns()) / 1e9))
-    g1, b1 = cpu_seconds(gw_proc), cpu_seconds(be_proc)
+    g1, b1, gs1 = cpu_seconds(gw_proc), cpu_seconds(be_proc), cpu_split(gw_proc)[1]
     d_sum1 = metric(gw_port, "wsprism_webhook_duration_seconds_sum", 'service="bk"')
     d_cnt1 = metric(gw_port, "wsprism_webhook_duration_seconds_count", 'service="bk"')
     results = collect(clients)
@@ -251,6 +256,7 @@ def webhook_phase(args, gw_port, gw_proc, be_proc, role="webhook") -> dict:
         "rtt_p99_ms": pct(lat, 0.99) / 1e6,
         "backend_rtt_mean_ms": (d_sum1 - d_sum0) / max(1.0, d_cnt1 - d_cnt0) * 1e3,
         "gateway_cpu_us_per_msg": (g1 - g0) / max(1, n) * 1e6,
+        "gateway_sys_us_per_msg": (gs1 - gs0) / max(1, n) * 1e6,
         "backend_cpu_us_per_msg": (b1 - b0) / max(1, n) * 1e6,
         "gateway_cpu_share": (g1 - g0) / secs,
         "errors": sum(r["errors"] for r in results),
@@ -342,6 +348,8 @@ def main(argv=None) -> int:
     p.add_argument("--interval-ms", type=float, default=50.0, help="between publishes")
     p.add_argument("--procs", type=int, default=2, help="client processes")
     p.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
+    p.add_argument("--phases", default="ping,webhook,publish",
+                   help="which measurements to run (comma list of ping, webhook, publish)")
     p.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_backend:
@@ -367,9 +375,11 @@ def main(argv=None) -> int:
             wait_http(f"http://127.0.0.1:{gw_port}/healthz", deadline)
             wait_tcp(be_port, deadline)
             wait_tcp(api_port, deadline)
-            base = webhook_phase(args, gw_port, psutil.Process(gateway.pid), psutil.Process(backend.pid), "ping")
-            a = webhook_phase(args, gw_port, psutil.Process(gateway.pid), psutil.Process(backend.pid))
-            b = publish_phase(args, gw_port, api_port, psutil.Process(gateway.pid))
+            phases = set(args.phases.split(","))
+            gw, be = psutil.Process(gateway.pid), psutil.Process(backend.pid)
+            base = webhook_phase(args, gw_port, gw, be, "ping") if "ping" in phases else None
+            a = webhook_phase(args, gw_port, gw, be) if "webhook" in phases else None
+            b = publish_phase(args, gw_port, api_port, gw) if "publish" in phases else None
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -381,15 +391,18 @@ def main(argv=None) -> int:
                     proc.kill()
             log.close()
     print(f"cores: {os.cpu_count()}  python: {sys.version.split()[0]}")
-    print(f"baseline sys:ping (no backend)  conns={args.conns} window={args.window} seconds={args.seconds}")
-    for k in ("messages_per_s", "rtt_p50_ms", "rtt_p99_ms", "gateway_cpu_us_per_msg", "gateway_cpu_share"):
-        print(f"  {k:28} {base[k]:,.3f}")
-    print(f"webhook  conns={args.conns} window={args.window} seconds={args.seconds}")
-    for k, v in a.items():
-        print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
-    print(f"publish  room={args.room} publishes={args.publishes} (one every {args.interval_ms:g} ms)")
-    for k, v in b.items():
-        print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
+    if base:
+        print(f"baseline sys:ping (no backend)  conns={args.conns} window={args.window} seconds={args.seconds}")
+        for k in ("messages_per_s", "rtt_p50_ms", "rtt_p99_ms", "gateway_cpu_us_per_msg", "gateway_cpu_share"):
+            print(f"  {k:28} {base[k]:,.3f}")
+    if a:
+        print(f"webhook  conns={args.conns} window={args.window} seconds={args.seconds}")
+        for k, v in a.items():
+            print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
+    if b:
+        print(f"publish  room={args.room} publishes={args.publishes} (one every {args.interval_ms:g} ms)")
+        for k, v in b.items():
+            print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
     return 0
 
 

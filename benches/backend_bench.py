@@ -2,11 +2,13 @@
 
     python benches/backend_bench.py [--conns 50] [--window 8] [--seconds 5]
                                     [--room 1000] [--publishes 200] [--interval-ms 50]
-                                    [--procs 2] [--profile FILE]
+                                    [--procs 2] [--batch N] [--phases ping,webhook,publish]
+                                    [--profile FILE]
 
 Starts three kinds of processes on 127.0.0.1 and stops them all at the end:
 - a trivial backend (aiohttp + uvloop; POST /svc answers `{"reply":1}` without
-  parsing the request), from this file with `--serve-backend PORT`;
+  parsing the request; POST /batch, used with `--batch N`, counts the entries and
+  answers `{"batch":[{"reply":1}, ...]}`), from this file with `--serve-backend PORT`;
 - the gateway (`python -m wsprism start`) with a webhook service `bk` and the API on;
 - `--procs` client processes (picows + uvloop).
 
@@ -60,7 +62,8 @@ tenants:
       rate_limit_burst: 1000000
       sessions: {{max_sessions_per_user: 4}}
     services:
-      bk: {{webhook: "http://127.0.0.1:{backend}/svc", timeout_ms: 10000, max_inflight_per_session: 64}}
+      bk: {{webhook: "http://127.0.0.1:{backend}/{path}", timeout_ms: 10000, max_inflight_per_session: 64,
+            batch_max_messages: {batch}}}
 """
 
 
@@ -90,8 +93,13 @@ def serve_backend(port: int) -> None:
         await request.read()
         return web.Response(body=answer, content_type="application/json")
 
+    async def batch(request: web.Request) -> web.Response:
+        n = len(json.loads(await request.read())["batch"])
+        return web.Response(body=b'{"batch":[%b]}' % b",".join([answer] * n), content_type="application/json")
+
     app = web.Application()
     app.router.add_post("/svc", svc)
+    app.router.add_post("/batch", batch)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
@@ -348,6 +356,8 @@ def main(argv=None) -> int:
     p.add_argument("--interval-ms", type=float, default=50.0, help="between publishes")
     p.add_argument("--procs", type=int, default=2, help="client processes")
     p.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
+    p.add_argument("--batch", type=int, default=1,
+                   help="batch_max_messages of the service (1 = one message per POST, the default)")
     p.add_argument("--phases", default="ping,webhook,publish",
                    help="which measurements to run (comma list of ping, webhook, publish)")
     p.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -361,7 +371,8 @@ def main(argv=None) -> int:
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bench.yaml"
-        cfg.write_text(GATEWAY_YAML.format(gw=gw_port, api=api_port, backend=be_port))
+        cfg.write_text(GATEWAY_YAML.format(gw=gw_port, api=api_port, backend=be_port,
+                                           path="batch" if args.batch > 1 else "svc", batch=args.batch))
         log = open(Path(tmp) / "gateway.log", "w")
         env = dict(os.environ, WSPRISM_BENCH_API_KEY=API_KEY, PYTHONPATH=str(ROOT))
         try:
@@ -396,7 +407,7 @@ def main(argv=None) -> int:
         for k in ("messages_per_s", "rtt_p50_ms", "rtt_p99_ms", "gateway_cpu_us_per_msg", "gateway_cpu_share"):
             print(f"  {k:28} {base[k]:,.3f}")
     if a:
-        print(f"webhook  conns={args.conns} window={args.window} seconds={args.seconds}")
+        print(f"webhook  conns={args.conns} window={args.window} seconds={args.seconds} batch={args.batch}")
         for k, v in a.items():
             print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
     if b:

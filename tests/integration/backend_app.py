@@ -13,6 +13,10 @@ answer, so one route covers every good and bad answer:
     {"sleep": s, "answer": …}  wait s seconds first
     absent                     200 {"reply": <the request body the backend received>}
 
+`/batch` speaks the batch shape (`{"batch":[...]}` in and out): each entry's `data.do`
+`{"answer": {...}}` is its answer (else `{"reply": <its msg>}`); the first entry's `do`
+may also hold `sleep`, `status`, or `count` (answer with that many entries).
+
 `/auth` decides by ticket (see `auth`). Every request's raw body is kept in `requests`.
 """
 import asyncio
@@ -82,6 +86,7 @@ class BackendServer:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/svc", self.svc)
         app.router.add_post("/auth", self.auth)
+        app.router.add_post("/batch", self.batch)
         runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ssl)
@@ -138,6 +143,23 @@ class BackendServer:
         if "huge" in do:
             return await self._huge(request, do["huge"], do.get("chunked", False))
         return web.json_response(do.get("answer", {}))
+
+    async def batch(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        self.requests.append(("/batch", raw))
+        items = json.loads(raw)["batch"]
+        dos = [(it["msg"].get("data") or {}).get("do") or {} if isinstance(it["msg"].get("data"), dict) else {}
+               for it in items]
+        ctl = dos[0]
+        if "sleep" in ctl:
+            await self._sleep(ctl["sleep"])
+        if "status" in ctl:
+            return web.json_response({"error": "boom"}, status=ctl["status"])
+        answers = [d.get("answer", {"reply": it["msg"]}) for d, it in zip(dos, items)]
+        if "count" in ctl:
+            n = ctl["count"]
+            answers = answers[:n] + [{"reply": "extra"}] * max(0, n - len(answers))
+        return web.json_response({"batch": answers})
 
     async def _huge(self, request, n: int, chunked: bool) -> web.StreamResponse:
         if not chunked:

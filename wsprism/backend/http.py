@@ -99,6 +99,7 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.parser = httptools.HttpResponseParser(self)   # parses each answer in turn
 
     def data_received(self, data: bytes) -> None:
         if self.fut is None:           # nothing asked: a stray byte on an idle connection
@@ -205,7 +206,6 @@ class _Conn(asyncio.Protocol):
     def request(self, data: bytes, limit: int, deadline: float, loop) -> asyncio.Future:
         self._reset()
         self.limit = limit
-        self.parser = httptools.HttpResponseParser(self)
         fut = self.fut = loop.create_future()
         self.timer = loop.call_at(deadline, self._on_timeout)
         self.transport.write(data)

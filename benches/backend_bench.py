@@ -360,6 +360,7 @@ def main(argv=None) -> int:
                    help="batch_max_messages of the service (1 = one message per POST, the default)")
     p.add_argument("--phases", default="ping,webhook,publish",
                    help="which measurements to run (comma list of ping, webhook, publish)")
+    p.add_argument("--json", metavar="FILE", help="append the results as one JSON line to FILE")
     p.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_backend:
@@ -401,6 +402,11 @@ def main(argv=None) -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             log.close()
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"kind": "backend", "batch": args.batch, "conns": args.conns, "window": args.window,
+                                "seconds": args.seconds, "load": os.getloadavg()[0],
+                                "ping": base, "webhook": a, "publish": b}) + "\n")
     print(f"cores: {os.cpu_count()}  python: {sys.version.split()[0]}")
     if base:
         print(f"baseline sys:ping (no backend)  conns={args.conns} window={args.window} seconds={args.seconds}")

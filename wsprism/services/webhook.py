@@ -200,35 +200,36 @@ class Forwarder:
             return
         body = _encode_request(BatchRequest(self.tenant_id, session.user, session.sid,
                                             [BatchItem(t, env) for env, _, t in live]))
-        http = session.gateway.http
+        loop = asyncio.get_running_loop()
+        last = len(live) - 1
+        timed_out = 0           # entries at the front whose deadline passed while at the backend
+
+        def expire() -> None:
+            # Each message keeps its own deadline: one whose time is up while the batch
+            # is at the backend is answered TIMEOUT then; the POST itself runs until the
+            # last message's deadline.
+            nonlocal timed_out, timer
+            env, _, trace_id = live[timed_out]
+            self._fail(session, env, trace_id, "timeout", f"no answer within {int(self.timeout * 1000)} ms")
+            settled.append(env)
+            timed_out += 1
+            timer = loop.call_at(live[timed_out][1], expire) if timed_out < last else None
+
+        timer = loop.call_at(live[0][1], expire) if last else None
         t0 = time.perf_counter()
-        post = http.spawn(http.post_json(self.url, body, live[-1][1], MAX_ANSWER_BYTES))
         try:
-            # Each message keeps its own deadline: the ones whose time is up while the
-            # batch is at the backend are answered TIMEOUT then, the rest wait on.
-            k = 0
-            while not post.done() and k < len(live):
-                env, deadline, trace_id = live[k]
-                await asyncio.wait((post,), timeout=max(0.0, deadline - _now()))
-                if not post.done():
-                    self._fail(session, env, trace_id, "timeout",
-                               f"no answer within {int(self.timeout * 1000)} ms")
-                    settled.append(env)
-                    k += 1
+            status, raw = await session.gateway.http.post_json(self.url, body, live[-1][1], MAX_ANSWER_BYTES)
+        except BackendFailure as exc:
+            self._fail_all(session, live[timed_out:], settled, exc.outcome, exc.detail)
+            return
         finally:
-            if not post.done():
-                post.cancel()
-        self.latency.observe(time.perf_counter() - t0)
+            if timer is not None:
+                timer.cancel()
+            self.latency.observe(time.perf_counter() - t0)
+        k = timed_out
         waiting = live[k:]
-        exc = None if post.cancelled() else post.exception()
         if not waiting:
             return
-        if exc is not None:
-            if not isinstance(exc, BackendFailure):
-                raise exc
-            self._fail_all(session, waiting, settled, exc.outcome, exc.detail)
-            return
-        status, raw = post.result()
         if not 200 <= status < 300:
             self._fail_all(session, waiting, settled, "bad_status", f"HTTP {status}")
             return

@@ -164,6 +164,9 @@ class Worker:
                 websocket_handshake_timeout=spec.connect_timeout,
                 enable_auto_ping=False,
             )
+            if conn is None:    # picows drops the listener of a connection closed at once
+                transport.disconnect(False)
+                raise ConnectionError("connection closed right after the upgrade")
             try:
                 await conn.expect(b'"authed"', spec.connect_timeout)
             except BaseException:

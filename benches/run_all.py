@@ -1,6 +1,6 @@
 """Run the whole benchmark suite and regenerate the results part of docs/benchmarks.md.
 
-    PYTHONPATH=. python benches/run_all.py            # full suite, about 8 minutes on 2 cores
+    PYTHONPATH=. python benches/run_all.py            # full suite, about 25 minutes on 2 cores
     PYTHONPATH=. python benches/run_all.py --quick    # 1 repeat, short windows: a dry run
     PYTHONPATH=. python benches/run_all.py --render benches/results/latest.jsonl   # page only
 
@@ -58,16 +58,16 @@ SUITE = [
     ("chat", ["--conns", "1000", "--rate", "20,50,100,150", "--duration", "1.5", "--drain", "1"], []),
     ("hot", ["--conns", "1000", "--rate", "20,50,100,150", "--duration", "1.5", "--drain", "1"], []),
     ("idle", ["--conns", "5000", "--warmup", "0", "--duration", "1"], []),  # holding time only
-    ("idle", ["--conns", "20000", "--procs", "2", "--warmup", "0", "--duration", "1"], []),
+    ("idle", ["--conns", "20000", "--procs", "2", "--warmup", "0", "--duration", "1", "--repeat", "1"], []),
 ]
 BASELINES = "picows,websockets,bun"
 FIXED = {"connect": 200.0, "ping": 100.0, "chat": 20.0, "hot": 20.0}
 TAIL = ((100, 300.0), (1000, 50.0))          # echo p99 cases: (conns, pings/s per connection)
 GATEWAY = "wsprism"
 # The webhook path before issue 14 (aiohttp's client; commit 8a301dc, this machine,
-# `benches/backend_bench.py`, 50 sessions x 8 in flight, median of 3): forwarded
-# messages per second of gateway CPU.
-WEBHOOK_BEFORE = {"cpu_us_per_msg": 218.1, "msgs_per_core_s": 4585.0}
+# `benches/backend_bench.py --phases ping,webhook --seconds 4`, 50 sessions x 8 in
+# flight, median of 3 runs alternated with the new client, 2026-12-01).
+WEBHOOK_BEFORE = {"cpu_us_per_msg": 176.1, "msgs_per_core_s": 5678.0}
 BACKEND_BENCH = REPO / "benches" / "backend_bench.py"
 
 

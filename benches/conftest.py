@@ -6,4 +6,4 @@ scripts, baseline servers, configs and results here are programs and data, not t
 they are never collected, even when benches/ is given to pytest.
 """
 collect_ignore = ["load.py", "run_all.py"]
-collect_ignore_glob = ["baselines/*", "configs/*", "results/*"]
+collect_ignore_glob = ["configs/*", "results/*"]

@@ -24,7 +24,7 @@ import asyncio
 import ssl as ssl_module
 import zlib
 from collections import deque
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -42,6 +42,7 @@ TOO_LARGE = "too_large"        # the answer is longer than max_body
 _HEAD = (b"POST %b HTTP/1.1\r\nHost: %b\r\nContent-Type: application/json\r\n"
          b"User-Agent: wsprism/" + __version__.encode() + b"\r\nContent-Length: ")
 _URL_CACHE_MAX = 4096
+_PATH_SAFE = "/?&=%:@+,;~!$'()*[]"        # left as is; anything else (non-ASCII) percent-encoded
 
 
 class BackendFailure(Exception):
@@ -298,7 +299,11 @@ class HttpClient:
             target = self._targets[key] = _Target(host, port, tls)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         netloc = parts.netloc.rpartition("@")[2]          # never send userinfo
-        head = _HEAD % (path.encode("ascii", "strict"), netloc.encode("idna"))
+        try:
+            head = _HEAD % (quote(path, safe=_PATH_SAFE).encode("ascii"),
+                            netloc.encode("ascii") if netloc.isascii() else netloc.encode("idna"))
+        except UnicodeError as exc:
+            raise BackendFailure(UNREACHABLE, f"bad URL {url!r}: {exc}") from None
         if len(self._urls) >= _URL_CACHE_MAX:
             self._urls.clear()
         entry = self._urls[url] = (target, head)

@@ -277,6 +277,7 @@ def test_defaults_of_optional_sections():
         "webhook": "http://b/x",
         "timeout_ms": 2000,
         "max_inflight_per_session": 16,
+        "batch_max_messages": 1,
     }
 
 
@@ -328,6 +329,7 @@ RANGES = [
     ("tenants[0].auth.timeout_ms", [1, 60000], [0, 60001], {}),
     ("tenants[0].services.match.timeout_ms", [1, 60000], [0, 60001], SVC),
     ("tenants[0].services.match.max_inflight_per_session", [1], [0], SVC),
+    ("tenants[0].services.match.batch_max_messages", [1, 1000], [0, 1001], SVC),
 ]
 
 

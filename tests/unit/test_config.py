@@ -280,6 +280,7 @@ def test_defaults_of_optional_sections():
         "options": {},
         "timeout_ms": None,          # 2000 for a webhook, 5000 for a Python service
         "max_inflight_per_session": 16,
+        "batch_max_messages": 1,
     }
 
 
@@ -331,6 +332,7 @@ RANGES = [
     ("tenants[0].auth.timeout_ms", [1, 60000], [0, 60001], {}),
     ("tenants[0].services.match.timeout_ms", [1, 60000], [0, 60001], SVC),
     ("tenants[0].services.match.max_inflight_per_session", [1], [0], SVC),
+    ("tenants[0].services.match.batch_max_messages", [1, 1000], [0, 1001], SVC),
 ]
 
 

@@ -188,6 +188,9 @@ class ServiceConfig(_Section, kw_only=True):
     options: dict[str, Any] = {}             # python only: handed to the class
     timeout_ms: TimeoutMs | None = None      # default 2000 (webhook), 5000 (python)
     max_inflight_per_session: Positive = 16
+    # > 1: a session's queued messages go to the backend together, up to this many per
+    # POST, in the batch shape of docs/backend.md (opt-in: the backend must speak it)
+    batch_max_messages: Annotated[int, Meta(ge=1, le=1000)] = 1
 
 
 class TenantConfig(_Section, kw_only=True):

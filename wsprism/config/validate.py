@@ -167,6 +167,8 @@ def _check_service(svc: ServiceConfig, spath: str) -> None:
             if value != unset:
                 raise ConfigError(f"{spath}.{key}", "only a `python` service takes this key")
         return
+    if svc.batch_max_messages != 1:
+        raise ConfigError(f"{spath}.batch_max_messages", "only a `webhook` service takes this key")
     if not PYTHON_TARGET_RE.fullmatch(svc.python):
         raise ConfigError(f"{spath}.python", f"expected \"module:attribute\", got {svc.python!r}")
     if svc.hot_svc_id is not None and svc.hot_svc_id not in HOT_SVC_IDS:

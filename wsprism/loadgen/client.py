@@ -82,7 +82,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, WSHandshakeError):
         resp = getattr(exc, "response", None)
         if resp is not None:
-            body = (resp.body or b"").decode("utf-8", "replace").strip().splitlines()
+            # picows leaves the refusal's body in raw_body (what came after the headers)
+            raw = resp.body or getattr(exc, "raw_body", None) or b""
+            body = raw.decode("utf-8", "replace").strip().splitlines()
             tail = f" ({body[0][:80]})" if body else ""
             return f"HTTP {int(resp.status)}{tail}"
         return f"handshake failed: {exc}"
@@ -163,6 +165,9 @@ class Worker:
                 websocket_handshake_timeout=spec.connect_timeout,
                 enable_auto_ping=False,
             )
+            if conn is None:    # picows drops the listener of a connection closed at once
+                transport.disconnect(False)
+                raise ConnectionError("connection closed right after the upgrade")
             try:
                 await conn.expect(b'"authed"', spec.connect_timeout)
             except BaseException:

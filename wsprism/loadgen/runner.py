@@ -252,7 +252,7 @@ class _Run:
             for _, pipe in workers:
                 _send(pipe, ("stop", None))
             self._collect(workers, "result", 10.0)
-            out["error"] = f"no connection: {self.first_error or 'unknown failure'}"
+            out["error"] = f"no connection to {_shown(self.urls)}: {self.first_error or 'unknown failure'}"
             if not target.alive():
                 out["error"] += f"; {target.death_note()}"
             out["errors"] = self.errors
@@ -370,6 +370,13 @@ class _Run:
         if "error" not in out and scen != "idle" and delivered + arrived == 0:
             out["error"] = f"nothing delivered: {self.first_error or 'no reply from the server'}"
         return out
+
+
+def _shown(urls: str) -> str:
+    """The target URL for a message: without the ticket (it may be a credential)."""
+    base, _, query = urls.partition("?")
+    kept = [p for p in query.split("&") if p and not p.startswith("ticket=")]
+    return base + ("?" + "&".join(kept) if kept else "")
 
 
 def _send(pipe, msg) -> None:

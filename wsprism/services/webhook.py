@@ -13,10 +13,17 @@ beyond that, RESOURCE_EXHAUSTED. A task drains the queue while it is non-empty.
 Time: a message is answered within `timeout_ms` of its arrival, time spent queued
 included (then TIMEOUT), so a dead or hanging backend costs each message at most its
 timeout; the session stays open and the event loop never waits on the backend.
+
+Batches (`batch_max_messages` > 1, opt-in per service): what a session has queued goes
+in one POST `{"tenant","user","sid","batch":[{"trace_id","msg"}, ...]}`, answered by
+`{"batch":[<answer>, ...]}`, one answer per message, in order. Order, the in-flight cap
+and each message's own deadline hold as above; an answer that is not exactly one valid
+entry per message fails every message of the batch (INTERNAL, nothing published).
 """
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Annotated
 
 import msgspec
@@ -69,16 +76,33 @@ class Answer(msgspec.Struct, forbid_unknown_fields=True):
     error: BackendError | None = None
 
 
+class BatchItem(msgspec.Struct):
+    trace_id: str
+    msg: Envelope
+
+
+class BatchRequest(msgspec.Struct):
+    tenant: str
+    user: str
+    sid: str
+    batch: list[BatchItem]
+
+
+class BatchAnswer(msgspec.Struct, forbid_unknown_fields=True):
+    batch: list[Answer]
+
+
 _encode_request = msgspec.json.Encoder().encode
 _answer_decoder = msgspec.json.Decoder(Answer)
+_batch_decoder = msgspec.json.Decoder(BatchAnswer)
 
 
 class Forwarder(SessionQueues):
     """One forwarded service of one tenant; kept across reloads while its name stays.
     Queue entries are `(env, deadline)`."""
 
-    __slots__ = ("tenant_id", "svc", "http", "url", "timeout", "max_inflight", "outcomes", "latency",
-                 "_reply_head", "_log_at", "_log_skipped")
+    __slots__ = ("tenant_id", "svc", "http", "url", "timeout", "max_inflight", "batch_max", "outcomes",
+                 "latency", "_reply_head", "_log_at", "_log_skipped")
 
     def __init__(self, tenant_id: str, svc: str, cfg, http) -> None:
         super().__init__(http.spawn)
@@ -99,6 +123,7 @@ class Forwarder(SessionQueues):
         self.url = cfg.webhook
         self.timeout = (cfg.timeout_ms or DEFAULT_TIMEOUT_MS) / 1000.0
         self.max_inflight = cfg.max_inflight_per_session
+        self.batch_max = cfg.batch_max_messages
 
     # -- the handler table's entry ---------------------------------------------------------
     def handle(self, session, env):
@@ -109,17 +134,37 @@ class Forwarder(SessionQueues):
         self.push(session, (env, _now() + self.timeout))
         return DEFERRED
 
-    # -- one queued message ------------------------------------------------------------------
-    async def run(self, session, entry) -> None:
-        env, deadline = entry
-        if session.state != OPEN:
-            return                          # gone: what is still queued is dropped
+    # -- the per-session task ----------------------------------------------------------
+    async def _drain(self, session, queue: deque) -> None:
+        """SessionQueues' drain, taking up to `batch_max` messages at a time."""
         try:
-            await self._call(session, env, deadline)
-        except Exception:
-            log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc,
-                          extra=about(session, svc=self.svc, code=codes.INTERNAL))
-            session.send_error(codes.INTERNAL, "internal error", env.seq)
+            while queue:
+                if session.state != OPEN:
+                    break                      # gone: what is still queued is dropped
+                if self.batch_max > 1:
+                    items = [queue[i] for i in range(min(len(queue), self.batch_max))]
+                    settled: list = []
+                    try:
+                        await self._call_batch(session, items, settled)
+                    except Exception:         # a bug must not stop the queue or leak out
+                        log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc,
+                                      extra=about(session, svc=self.svc, code=codes.INTERNAL))
+                        for env, _ in items[len(settled):]:
+                            session.send_error(codes.INTERNAL, "internal error", env.seq)
+                    for _ in items:
+                        queue.popleft()
+                    continue
+                env, deadline = queue[0]
+                try:
+                    await self._call(session, env, deadline)
+                except Exception:             # a bug must not stop the queue or leak out
+                    log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc,
+                                  extra=about(session, svc=self.svc, code=codes.INTERNAL))
+                    session.send_error(codes.INTERNAL, "internal error", env.seq)
+                queue.popleft()
+        finally:
+            if self.queues.get(session) is queue:
+                del self.queues[session]
 
     async def _call(self, session, env, deadline: float) -> None:
         trace_id = session.next_trace_id()
@@ -143,6 +188,77 @@ class Forwarder(SessionQueues):
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             self._fail(session, env, trace_id, "bad_answer", f"invalid answer: {str(exc)[:200]}")
             return
+        self._answered(session, env, trace_id, answer)
+
+    async def _call_batch(self, session, items: list, settled: list) -> None:
+        """Several queued messages of one session in one POST. Each message's outcome is
+        appended to `settled` as it is decided, so the caller knows which are answered."""
+        now = _now()
+        live = []                                     # (env, deadline, trace_id) sent
+        for env, deadline in items:
+            trace_id = session.next_trace_id()
+            if now >= deadline:
+                self._fail(session, env, trace_id, "timeout", "timed out while queued behind earlier messages")
+                settled.append(env)
+            else:
+                live.append((env, deadline, trace_id))
+        if not live:
+            return
+        body = _encode_request(BatchRequest(self.tenant_id, session.user, session.sid,
+                                            [BatchItem(t, env) for env, _, t in live]))
+        loop = asyncio.get_running_loop()
+        last = len(live) - 1
+        timed_out = 0           # entries at the front whose deadline passed while at the backend
+
+        def expire() -> None:
+            # Each message keeps its own deadline: one whose time is up while the batch
+            # is at the backend is answered TIMEOUT then; the POST itself runs until the
+            # last message's deadline.
+            nonlocal timed_out, timer
+            env, _, trace_id = live[timed_out]
+            self._fail(session, env, trace_id, "timeout", f"no answer within {int(self.timeout * 1000)} ms")
+            settled.append(env)
+            timed_out += 1
+            timer = loop.call_at(live[timed_out][1], expire) if timed_out < last else None
+
+        timer = loop.call_at(live[0][1], expire) if last else None
+        t0 = time.perf_counter()
+        try:
+            status, raw = await self.http.post_json(self.url, body, live[-1][1], MAX_ANSWER_BYTES)
+        except BackendFailure as exc:
+            self._fail_all(session, live[timed_out:], settled, exc.outcome, exc.detail)
+            return
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.latency.observe(time.perf_counter() - t0)
+        k = timed_out
+        waiting = live[k:]
+        if not waiting:
+            return
+        if not 200 <= status < 300:
+            self._fail_all(session, waiting, settled, "bad_status", f"HTTP {status}")
+            return
+        try:
+            answers = _batch_decoder.decode(raw).batch
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            self._fail_all(session, waiting, settled, "bad_answer", f"invalid batch answer: {str(exc)[:200]}")
+            return
+        if len(answers) != len(live):
+            self._fail_all(session, waiting, settled, "bad_answer",
+                           f"batch answer has {len(answers)} entries for {len(live)} messages")
+            return
+        for (env, _, trace_id), answer in zip(waiting, answers[k:]):
+            self._answered(session, env, trace_id, answer)
+            settled.append(env)
+
+    def _fail_all(self, session, waiting: list, settled: list, outcome: str, detail: str) -> None:
+        for env, _, trace_id in waiting:
+            self._fail(session, env, trace_id, outcome, detail)
+            settled.append(env)
+
+    def _answered(self, session, env, trace_id: str, answer: Answer) -> None:
+        """A valid answer for one message: its error, or its publish, reply and ack."""
         if answer.error is not None:
             self.outcomes["error"] += 1
             if session.state == OPEN:

@@ -31,11 +31,27 @@ class BadQuery(Exception):
     pass
 
 
+def _split_plain(text: str) -> list:
+    """parse_qsl's pairs for a query with no escapes ('%', '+'): split, nothing to decode.
+    The usual query of every connect, at a fraction of parse_qsl's cost."""
+    pairs = []
+    for field in text.split("&"):
+        if field:
+            key, _, value = field.partition("=")
+            pairs.append((key, value))
+    return pairs
+
+
 def parse_query(raw: bytes) -> tuple[str, str, str | None]:
     """(tenant, ticket, sid) from the query string, or BadQuery with the reason."""
     try:
         text = raw.decode("ascii")
-        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=32)
+        if "%" in text or "+" in text:
+            pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=32)
+        elif text.count("&") >= 32:
+            raise ValueError("more than 32 fields")       # parse_qsl's max_num_fields
+        else:
+            pairs = _split_plain(text)
     except (UnicodeDecodeError, ValueError):
         raise BadQuery("malformed query string") from None
     found: dict[str, str] = {}

@@ -814,6 +814,7 @@ def test_auth_cross_checks(auth, expected):
         ("m", {"python": "a:B", "hot_svc_id": 256}, "tenants[0].services.m.hot_svc_id: must be 2-255, got 256 (0 is reserved, 1 is the built-in relay)"),
         ("m", {"python": "a:B", "hot_svc_id": -3}, "tenants[0].services.m.hot_svc_id: must be 2-255, got -3 (0 is reserved, 1 is the built-in relay)"),
         ("m", {"python": "a:B", "timeout_ms": 0}, "tenants[0].services.m.timeout_ms: must be >= 1, got 0"),
+        ("m", {"python": "a:B", "batch_max_messages": 4}, "tenants[0].services.m.batch_max_messages: only a `webhook` service takes this key"),
     ],
 )
 def test_services(name, service, expected):

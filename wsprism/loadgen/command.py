@@ -100,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="closed-loop ping: pings in flight per connection (comma list; default 1)")
     load.add_argument("--senders", type=int, default=1, help="chat/hot senders (default 1)")
     load.add_argument("--size", type=int, default=32, help="chat msg text / hot payload bytes (default 32)")
-    load.add_argument("--opcode", type=int, default=1, help="hot: opcode byte after svc_id 1 (default 1)")
+    load.add_argument("--opcode", type=int, default=1, help="hot: opcode byte after the svc_id (default 1)")
+    load.add_argument("--svc-id", type=int, default=1,
+                      help="hot: svc_id of the frames sent and counted back (default 1, the relay; "
+                           "another for a Python service that publishes them back with publish_hot)")
     load.add_argument("--room", default="bench", help="chat/hot: room to join (default bench)")
     timing = ap.add_argument_group("timing")
     timing.add_argument("--duration", type=float, default=5.0, help="measured window, s (default 5)")
@@ -134,6 +137,8 @@ def _check(ap: argparse.ArgumentParser, args) -> None:
         ap.error("--conns must be at least 1")
     if not 0 <= args.opcode <= 255:
         ap.error("--opcode must be 0..255")
+    if not 1 <= args.svc_id <= 255:
+        ap.error("--svc-id must be 1..255")
     if not args.room or '"' in args.room or "\\" in args.room:
         ap.error("--room must be a plain room name")
     if args.size < 12 or args.size > 60000:
@@ -162,7 +167,7 @@ def build_cases(args) -> list[Case]:
                     scenario=scen, conns=conns, procs=args.procs, rate=rate, inflight=inflight,
                     senders=min(args.senders, conns), size=args.size, duration=args.duration,
                     warmup=args.warmup, drain=args.drain, connect_timeout=args.connect_timeout,
-                    opcode=args.opcode, room=args.room,
+                    opcode=args.opcode, room=args.room, svc_id=args.svc_id,
                 ))
     return cases
 

@@ -9,21 +9,11 @@ from ._fast import USING_EXTENSIONS
 from .auth import AuthSetupError
 from .config import ConfigError, load_config, split_listen
 from .gateway import Gateway
-from .ops import hostmetrics, liveness
-from .ops.api import ApiServer
+from .ops import hostmetrics, liveness, logs
 from .ops.workers import WorkerInfo, supervise
 from .transport.server import start_server
 
 log = logging.getLogger("wsprism")
-
-
-def setup_logging(level: str = "INFO", worker: WorkerInfo | None = None) -> None:
-    tag = f" [w{worker.index}]" if worker is not None else ""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)-5s %(name)s{tag} > %(message)s",
-    )
-    logging.getLogger("wsprism.picows").setLevel(logging.WARNING)
 
 
 def install_loop() -> None:
@@ -46,45 +36,49 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
     """Run until drained. `ready(gateway, server)` is called once listening (tests).
     As one of `gateway.workers` (`worker` given), bind the supervisor's port with
     SO_REUSEPORT and answer /metrics for the whole host (ops/hostmetrics.py)."""
-    gateway = Gateway(config, config_path)
-    gateway.stopped = asyncio.Event()
+    gateway = Gateway(config, config_path)      # imports Python services, reads API keys
+    api = gateway.api
     api_cfg = config.gateway.api
-    api = ApiServer(gateway, api_cfg) if api_cfg is not None else None   # reads the API keys
     api_ssl = make_ssl(api_cfg.tls) if api_cfg is not None else None
+    await gateway.start_services()              # their on_start, before any client comes
     host, port = split_listen(config.gateway.listen)
     if worker is not None:
         port = worker.port
-    server = await start_server(gateway, host, port, ssl=make_ssl(config.gateway.tls),
-                                reuse_port=worker is not None)
+    try:
+        server = await start_server(gateway, host, port, ssl=make_ssl(config.gateway.tls),
+                                    reuse_port=worker is not None)
+    except BaseException:
+        await gateway.stop_services()
+        raise
     if api is not None:
         try:
             await api.start(api_ssl, reuse_port=worker is not None)
         except BaseException:
             server.close()
+            await gateway.stop_services()
             raise
         api_host = split_listen(api_cfg.listen)[0]
         log.info("server API active at %s://%s:%d", "https" if api_ssl else "http", api_host, api.port)
-    gateway.api = api
     if gateway.cluster is not None:
         gateway.cluster.start()
     bound = server.sockets[0].getsockname()
     listen = config.gateway.listen if port else f"{host}:{bound[1]}"
     log.info("wsPrism Gateway active at %s", listen)
     for tenant in config.tenants:
-        log.info('Loaded configuration for tenant: "%s"', tenant.id)
+        log.info('Loaded configuration for tenant: "%s"', tenant.id, extra={"tenant": tenant.id})
         if tenant.auth.mode == "dev":
-            log.warning('tenant "%s" uses auth.mode dev: any client can log in; do not use in production', tenant.id)
+            log.warning('tenant "%s" uses auth.mode dev: any client can log in; do not use in production',
+                        tenant.id, extra={"tenant": tenant.id})
     if not USING_EXTENSIONS:
         log.warning("compiled fast path not active: running the pure-Python twins")
     for warning in not_yet_supported(config):
         log.warning(warning)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
 
     def on_stop_signal() -> None:
-        if not stop.is_set():
+        if not gateway.stop_requested.is_set():
             log.info("signal received: draining")
-            stop.set()
+            gateway.request_stop()
 
     def on_reload_signal() -> None:
         reload_from_file(gateway)
@@ -99,16 +93,16 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
         gateway.metrics_registry, collector = hostmetrics.host_registry(
             gateway.metrics_registry, worker.run_dir, worker.index)
         snapshots = loop.create_task(hostmetrics.publish_snapshots(collector))
-    gateway.request_stop = stop.set
     if ready is not None:
         ready(gateway, server)
-    await stop.wait()
+    await gateway.stop_requested.wait()
     await gateway.drain()
     server.close()
     if gateway.cluster is not None:
         await gateway.cluster.close()
     if api is not None:
         await api.stop()
+    await gateway.stop_services()
     await gateway.http.close()
     sweeper.cancel()
     if snapshots is not None:
@@ -119,8 +113,8 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
 
 
 def not_yet_supported(config) -> list[str]:
-    """Keys the config schema accepts (SPEC sections 11 and 13) that this release does
-    not act on yet: said once at start, so no operator relies on them unknowingly."""
+    """Keys the config schema accepts (SPEC section 13) that this release does not act
+    on yet: said once at start, so no operator relies on them unknowingly."""
     out = []
     if config.broker is not None:
         out.append("broker: sessions and their limits span every node in this build; rooms, "
@@ -139,16 +133,21 @@ def reload_from_file(gateway) -> bool:
     except (ConfigError, AuthSetupError) as exc:
         log.error("reload rejected, keeping the running configuration: %s", exc)
         return False
+    logs.apply(new.gateway.log)
     return True
 
 
-def run(config_path: str, log_level: str = "INFO") -> int:
-    worker = WorkerInfo.from_env()
-    setup_logging(log_level, worker)
+def run(config_path: str, log_level: str | None = None, log_format: str | None = None) -> int:
+    """`wsprism start`: `log_level`/`log_format` from the command line win over `gateway.log`."""
+    logs.start(log_format, log_level)
     config = load_config(config_path)
-    if worker is None and config.gateway.workers > 1:
+    logs.apply(config.gateway.log)
+    worker = WorkerInfo.from_env()
+    if worker is not None:
+        logs.tag_worker(worker.index)
+    elif config.gateway.workers > 1:
         log.info("wsprism %s: supervising %d workers", __version__, config.gateway.workers)
-        return supervise(config, config_path, log_level)
+        return supervise(config, config_path, log_level, log_format)
     install_loop()
     log.info("wsprism %s (compiled fast path %s)", __version__, "active" if USING_EXTENSIONS else "inactive")
     return asyncio.run(serve(config, config_path, worker=worker))

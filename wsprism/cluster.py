@@ -29,7 +29,7 @@ import logging
 from itertools import count
 from time import monotonic
 
-from ._fast import broadcast, counters
+from ._fast import Counter, broadcast
 from .broker import BrokerError, RedisBroker
 from .core import codes
 from .core.envelope import encode_message
@@ -43,8 +43,9 @@ KICK_REASONS = {"R": "replaced", "K": "max_sessions_exceeded"}
 
 
 class Cluster:
-    def __init__(self, gateway, broker_cfg, node: str | None = None) -> None:
-        self.gateway = gateway
+    def __init__(self, tenants: dict, lifecycle, broker_cfg, node: str | None = None) -> None:
+        self.tenants = tenants           # the gateway's live tenants, by id
+        self.lifecycle = lifecycle       # lifecycle.py Lifecycle: opens admitted sessions
         self.broker = RedisBroker(broker_cfg, self, node=node)
         self.seqs: dict = {}             # admitted session -> its admission seq in Redis
         self.born: dict = {}             # admitted session -> local admission order
@@ -84,20 +85,22 @@ class Cluster:
                                         pol.on_exceed != "deny", tenant.limits.max_sessions_total)
         except (BrokerError, asyncio.TimeoutError):
             if session.state == PENDING:      # went down meanwhile: this node decides alone
-                self.gateway.admit_local(session)
+                self.lifecycle.admit(session, broker=False)
             return
         except Exception:                     # a bug must not leave a session PENDING forever
             log.exception('tenant "%s": admission through the broker failed', tenant.id)
             if session.state == PENDING:
-                self.gateway.refuse(session, codes.INTERNAL, "internal error", codes.CLOSE_INTERNAL,
-                                    "internal error")
+                session.refuse(codes.INTERNAL, "internal error", codes.CLOSE_INTERNAL)
             return
         if r.status == "ok":
             self._apply_kicks(tenant, session.user, r.kicks)
-            if session.state != PENDING or self.gateway.tenants.get(tenant.id) is not tenant:
+            if session.state != PENDING or not self.lifecycle.accepts(tenant):
                 self.broker.unadmit(tenant.id, session.user, session.sid, r.seq)   # left meanwhile
+                if session.state == PENDING:
+                    session.close(codes.CLOSE_DRAINING, "server draining")
                 return
-            self.gateway.complete_admit(session)
+            tenant.register(session)
+            self.lifecycle.open(session)
             self.registered(session, r.seq)
             return
         if session.state != PENDING:
@@ -108,12 +111,11 @@ class Cluster:
         tenant = session.tenant
         if status == "deny":
             tenant.stats.handshake_rejections["too_many_sessions"] += 1
-            self.gateway.refuse(session, codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user",
-                                codes.CLOSE_TOO_MANY_SESSIONS, "too many sessions")
+            session.refuse(codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user",
+                           codes.CLOSE_TOO_MANY_SESSIONS)
         else:
             tenant.stats.handshake_rejections["tenant_full"] += 1
-            self.gateway.refuse(session, codes.RESOURCE_EXHAUSTED, "tenant at max_sessions_total",
-                                codes.CLOSE_TRY_AGAIN, "tenant full")
+            session.refuse(codes.RESOURCE_EXHAUSTED, "tenant at max_sessions_total", codes.CLOSE_TRY_AGAIN)
 
     def registered(self, session, seq: int) -> None:
         self.seqs[session] = seq
@@ -121,7 +123,7 @@ class Cluster:
         key = (session.tenant.id, session.user, session.sid)
         early = self.early_kicks.pop(key, None)
         if early is not None and early[0] == seq:
-            self.gateway.kick(session, KICK_REASONS.get(early[1], "replaced"))
+            session.tenant.kick(session, KICK_REASONS.get(early[1], "replaced"))
 
     def admitted_locally(self, session) -> None:
         """The gateway admitted a session without Redis (down, or re-registering)."""
@@ -147,19 +149,19 @@ class Cluster:
         if victim is None or self.seqs.get(victim) != seq:
             return False
         self.seqs.pop(victim, None)      # Redis has dropped it already
-        self.gateway.kick(victim, KICK_REASONS.get(reason, "replaced"))
+        tenant.kick(victim, KICK_REASONS.get(reason, "replaced"))
         return True
 
     # -- broker host interface ----------------------------------------------------------
     def broker_tenants(self) -> list[str]:
-        return list(self.gateway.tenants)
+        return list(self.tenants)
 
     def presence_events(self, tenant_id: str) -> bool:
-        tenant = self.gateway.tenants.get(tenant_id)
-        return True if tenant is None else tenant.rooms.presence_events
+        tenant = self.tenants.get(tenant_id)
+        return True if tenant is None else tenant.presence_events
 
     def on_kick(self, tenant_id: str, user: str, sid: str, seq: int, reason: str) -> None:
-        tenant = self.gateway.tenants.get(tenant_id)
+        tenant = self.tenants.get(tenant_id)
         if tenant is None or self._kick(tenant, user, sid, seq, reason):
             return
         # the answer to that session's admission may still be on its way
@@ -171,31 +173,31 @@ class Cluster:
         early[(tenant_id, user, sid)] = (seq, reason, now)
 
     def on_room_frames(self, target, frames: bytes, n: int, lossy: bool) -> None:
-        tenant = self.gateway.tenants.get(target[0])
+        tenant = self.tenants.get(target[0])
         room = tenant.rooms.get(target[1]) if tenant is not None else None
         if room is None:
             return
         drops = broadcast(room.members, frames, lossy)
         if drops:
-            tenant.lane.bump(counters.C_EGRESS_DROPS, drops * n)
+            tenant.lane.bump(Counter.C_EGRESS_DROPS, drops * n)
 
     def on_presence(self, target, joined: bool, user: str) -> None:
-        tenant = self.gateway.tenants.get(target[0])
-        if tenant is None or not tenant.rooms.presence_events:
+        tenant = self.tenants.get(target[0])
+        if tenant is None or not tenant.presence_events:
             return
         room = tenant.rooms.get(target[1])
         if room is not None:
             kind = "user_joined" if joined else "user_left"
-            tenant.rooms.broadcast(room, encode_message("room", kind, target[1], {"user": user}))
+            tenant.deliver(room, encode_message("room", kind, target[1], {"user": user}))
 
     def on_user_frame(self, tenant_id: str, user: str, frame: bytes) -> None:
-        tenant = self.gateway.tenants.get(tenant_id)
+        tenant = self.tenants.get(tenant_id)
         if tenant is not None:
             for session in tenant.sessions.sessions_of(user):
                 session.enqueue(frame, False)
 
     def on_disconnect_user(self, tenant_id: str, user: str, code: int, reason: str) -> None:
-        tenant = self.gateway.tenants.get(tenant_id)
+        tenant = self.tenants.get(tenant_id)
         if tenant is not None:
             for session in list(tenant.sessions.sessions_of(user)):
                 session.close(code, reason)
@@ -206,7 +208,7 @@ class Cluster:
         local change (new admissions stay local until the broker is UP again)."""
         while True:
             mark = self.changes
-            for tenant in list(self.gateway.tenants.values()):
+            for tenant in list(self.tenants.values()):
                 await self._resync_sessions(broker, tenant)
             if self.changes == mark:
                 return

@@ -1,12 +1,6 @@
 # Contract of the compiled outbound side for other _c modules.
 from picows.picows cimport WSListener, WSTransport
 
-cdef enum:
-    S_PENDING = 0
-    S_OPEN = 1
-    S_CLOSING = 2
-    S_CLOSED = 3
-
 cdef class Corker:
     cdef public list dirty
     cdef public bint scheduled
@@ -21,6 +15,7 @@ cdef class Endpoint(WSListener):
     cdef public Corker corker
     cdef object _out          # None, one frame (bytes), or a list of frames
     cdef bint _enqueue(self, bytes frame, bint lossy) except -1
+    cdef int _flush(self) except -1
     cpdef flush(self)
 
 cpdef bytes build_frame(int opcode, object payload)

@@ -11,14 +11,9 @@ from cpython.mem cimport PyMem_Realloc
 from libc.string cimport memcpy
 
 from .bytesops cimport ws_header
+from .codes_c cimport S_OPEN, S_PENDING
 
-PENDING = S_PENDING
-OPEN = S_OPEN
-CLOSING = S_CLOSING
-CLOSED = S_CLOSED
 _log = logging.getLogger("wsprism.fanout")
-OP_TEXT = 0x1
-OP_BINARY = 0x2
 
 # one scratch buffer per process for joining an endpoint's frames into one write;
 # picows' _fast_write copies whatever the socket did not take, so it can be reused.
@@ -68,7 +63,7 @@ cdef class Corker:
         self.dirty = []
         for endpoint in dirty:
             try:
-                endpoint.flush()
+                endpoint._flush()     # C call: no override lookup on sessions (a Python subclass)
             except Exception:       # one broken transport must not stall the others
                 _log.exception("flush failed for %r", endpoint)
 
@@ -101,6 +96,9 @@ cdef class Endpoint(WSListener):
         return self._enqueue(frame, lossy)
 
     cpdef flush(self):
+        self._flush()
+
+    cdef int _flush(self) except -1:
         global _scratch, _scratch_cap
         cdef object pending = self._out
         cdef WSTransport tr = self.transport
@@ -109,14 +107,14 @@ cdef class Endpoint(WSListener):
         cdef Py_ssize_t total = 0, pos = 0, n
         cdef char* grown
         if pending is None:
-            return
+            return 0
         self._out = None
         if tr is None or tr.is_disconnected or tr.is_close_frame_sent:
-            return
+            return 0
         if type(pending) is bytes:
             f = <bytes>pending
             tr._fast_write(PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
-            return
+            return 0
         out = <list>pending
         for f in out:
             total += PyBytes_GET_SIZE(f)
@@ -131,6 +129,7 @@ cdef class Endpoint(WSListener):
             memcpy(_scratch + pos, PyBytes_AS_STRING(f), n)
             pos += n
         tr._fast_write(_scratch, total)
+        return 0
 
 
 cpdef Py_ssize_t broadcast(object members, bytes frame, bint lossy) except -1:

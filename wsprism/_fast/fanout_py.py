@@ -17,16 +17,10 @@ import logging
 
 from picows import WSListener
 
+from .codes_py import SessionState
+
 _log = logging.getLogger("wsprism.fanout")
-
-# session states
-PENDING = 0      # upgraded, not yet admitted (e.g. webhook auth under way)
-OPEN = 1         # admitted: messages flow
-CLOSING = 2      # close frame sent
-CLOSED = 3       # the connection is gone
-
-OP_TEXT = 0x1
-OP_BINARY = 0x2
+_PENDING, _OPEN = SessionState.S_PENDING, SessionState.S_OPEN
 
 
 def build_frame(opcode: int, payload) -> bytes:
@@ -77,7 +71,7 @@ class Endpoint(WSListener):
 
     def __init__(self, corker: Corker) -> None:
         self.transport = None
-        self.state = PENDING
+        self.state = _PENDING
         self.paused = False
         self.corker = corker
         self._out = None
@@ -85,7 +79,7 @@ class Endpoint(WSListener):
     def enqueue(self, frame: bytes, lossy: bool = False) -> bool:
         """Queue a built frame for this turn's write. False only when a lossy frame is
         dropped because this endpoint is over its high-water mark."""
-        if self.state > OPEN:
+        if self.state > _OPEN:
             return True
         if lossy and self.paused:
             return False

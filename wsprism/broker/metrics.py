@@ -16,9 +16,9 @@
   Redis that came back empty; `wsprism_broker_reconciled_total{what,outcome}` their items.
 - `wsprism_broker_nodes_reaped_total`: dead nodes this node cleaned up.
 """
-from bisect import bisect_left
-
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from ..core.stats import Histogram
 
 LANES = ("ext", "hot")
 DROP_REASONS = ("down", "backlog")
@@ -28,27 +28,6 @@ OPS = ("admit", "join", "probe")
 RTT_BUCKETS = (
     5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
 )
-
-
-class Histogram:
-    __slots__ = ("buckets", "counts", "sum")
-
-    def __init__(self, buckets=RTT_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(self.buckets, seconds)] += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        out, total = [], 0
-        for bound, n in zip(self.buckets, self.counts):
-            total += n
-            out.append((repr(bound), total))
-        out.append(("+Inf", total + self.counts[-1]))
-        return out
 
 
 class BrokerStats:
@@ -63,7 +42,7 @@ class BrokerStats:
         self.received = [0, 0]
         self.received_frames = [0, 0]
         self.dropped = {(lane, r): 0 for lane in LANES for r in DROP_REASONS}
-        self.rtt = {op: Histogram() for op in OPS}
+        self.rtt = {op: Histogram(RTT_BUCKETS) for op in OPS}
         self.link_lost = {(link, r): 0 for link in LINKS for r in LOSS_REASONS}
         self.reconciliations = {"ok": 0, "failed": 0}
         self.reconciled: dict[tuple[str, str], int] = {}

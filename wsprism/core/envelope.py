@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 import msgspec
 
+from .._fast import ExtFlag
+
 U64_MAX = 2**64 - 1
 
-FLAG_SEQ_PRESENT = 0x01
-FLAG_ROOM_PRESENT = 0x02
-FLAG_ACK_REQUESTED = 0x04
+FLAG_ACK_REQUESTED = int(ExtFlag.EXT_ACK_REQUESTED)     # the one flag that changes what we do
 
 
 class Envelope(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -101,6 +101,20 @@ def encode_sys(type_: str, room: str | None = None, data: Any = msgspec.UNSET, *
     return encode_message("sys", type_, room, data, **extra)
 
 
+def reply_head(svc: str) -> bytes:
+    """The fixed start of a service's replies, for `encode_reply` (built once per service)."""
+    return b'{"v":1,"svc":' + _encoder.encode(svc) + b',"type":"reply"'
+
+
+def encode_reply(head: bytes, seq: Any, data: Any) -> bytes:
+    """`{"v":1,"svc":<svc>,"type":"reply","seq"?:<seq>,"data":<data>}`, `head` from
+    `reply_head(svc)`: a service's answer to the sender (webhook and Python services)."""
+    body = _encoder.encode(data)
+    if seq is msgspec.UNSET:
+        return b'%s,"data":%s}' % (head, body)
+    return b'%s,"seq":%d,"data":%s}' % (head, seq, body)
+
+
 def encode_message(svc: str, type_: str, room: str | None, data: Any, **extra: Any) -> bytes:
     """A service message to clients (chat.msg, room.user_joined, backend publish ...)."""
     out: dict[str, Any] = {"v": 1, "svc": svc, "type": type_}
@@ -110,3 +124,14 @@ def encode_message(svc: str, type_: str, room: str | None, data: Any, **extra: A
     if data is not msgspec.UNSET:
         out["data"] = data
     return _encoder.encode(out)
+
+
+def encode_room_parts(svc: str, type_: str, room: str, data: Any) -> tuple[bytes, bytes]:
+    """A room message in two parts, `head` = `{"v":1,"svc":..,"type":..,"room":..` and
+    `tail` = `,"data":..}` (or `}`): `head + tail` is `encode_message`'s output, and the
+    history's position (`,"offset":17,"epoch":"..."`) is spliced between them without
+    encoding the message again."""
+    head = _encoder.encode({"v": 1, "svc": svc, "type": type_, "room": room})[:-1]
+    if data is msgspec.UNSET:
+        return head, b"}"
+    return head, b',"data":%s}' % _encoder.encode(data)

@@ -11,6 +11,7 @@ import logging
 
 from ..core import codes
 from ..core.session import OPEN
+from .logs import about
 
 log = logging.getLogger("wsprism.liveness")
 
@@ -40,10 +41,9 @@ def tick(session, idle_ticks: int) -> None:
     else:
         session.idle_ticks += 1
         if session.idle_ticks >= idle_ticks:
-            session.send_error(codes.TIMEOUT, "idle timeout")
-            session.close(codes.CLOSE_IDLE, "idle timeout")
+            session.refuse(codes.TIMEOUT, "idle timeout", codes.CLOSE_IDLE)
             return
     try:
         session.transport.send_ping()
     except Exception:  # transport already gone: on_ws_disconnected will clean up
-        log.debug("ping failed for %r", session)
+        log.debug("ping failed", extra=about(session))

@@ -86,10 +86,11 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, config, config_path: str, log_level: str) -> None:
+    def __init__(self, config, config_path: str, log_level: str | None, log_format: str | None) -> None:
         self.config = config
         self.config_path = config_path
-        self.log_level = log_level
+        self.log_args = ((["--log-level", log_level] if log_level else [])
+                         + (["--log-format", log_format] if log_format else []))
         self.n = config.gateway.workers
         self.workers = [Worker(i) for i in range(self.n)]
         self.stopping = False
@@ -107,7 +108,7 @@ class Supervisor:
         env.update({ENV_INDEX: str(w.index), ENV_DIR: self.run_dir, ENV_PORT: str(self.port)})
         w.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wsprism", "start", "--config", self.config_path,
-            "--log-level", self.log_level, env=env)
+            *self.log_args, env=env)
         w.started = asyncio.get_running_loop().time()
 
     async def _watch(self, w: Worker) -> None:
@@ -209,8 +210,9 @@ class Supervisor:
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def supervise(config, config_path: str, log_level: str) -> int:
-    sup = Supervisor(config, config_path, log_level)
+def supervise(config, config_path: str, log_level: str | None = None, log_format: str | None = None) -> int:
+    """`log_level`/`log_format`: the command line's, handed on to every worker."""
+    sup = Supervisor(config, config_path, log_level, log_format)
     try:
         return asyncio.run(sup.run())
     finally:

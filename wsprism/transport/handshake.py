@@ -3,21 +3,26 @@
 404 unknown path → 426 not an upgrade → 503 draining → 429 defender → 400 bad
 query → 400 unknown tenant → 503 tenant full → 401 ticket refused. Every answer is
 a plain HTTP response; nothing is upgraded unless all pass. Also serves `/healthz`,
-`/readyz` and the metrics path on the same port.
+`/readyz` and the metrics path on the same port, `/v1/ws/check` (the same checks for a
+client that was refused: browsers only see close 1006, SPEC 16), and with `gateway.demo`
+the JavaScript client and the demo page.
 """
 import re
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 from picows.picows import _validate_upgrade_request
 
+from .. import names
 from ..auth import AuthError
 from ..ops import health
 from ..ops.metrics import render
 from . import http
 
 WS_PATH = b"/v1/ws"
-TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-SID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+CHECK_PATH = b"/v1/ws/check"
+# what /v1/ws/check tells a client, by the handshake rejection reason (metrics' label)
+CHECK_REASONS = {"rate_limited_global": "rate_limited", "rate_limited_ip": "rate_limited"}
 TICKET_RE = re.compile(r"[\x20-\x7e]{1,4096}")
 _KEYS = ("tenant", "ticket", "sid")
 
@@ -26,11 +31,27 @@ class BadQuery(Exception):
     pass
 
 
+def _split_plain(text: str) -> list:
+    """parse_qsl's pairs for a query with no escapes ('%', '+'): split, nothing to decode.
+    The usual query of every connect, at a fraction of parse_qsl's cost."""
+    pairs = []
+    for field in text.split("&"):
+        if field:
+            key, _, value = field.partition("=")
+            pairs.append((key, value))
+    return pairs
+
+
 def parse_query(raw: bytes) -> tuple[str, str, str | None]:
     """(tenant, ticket, sid) from the query string, or BadQuery with the reason."""
     try:
         text = raw.decode("ascii")
-        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=32)
+        if "%" in text or "+" in text:
+            pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=32)
+        elif text.count("&") >= 32:
+            raise ValueError("more than 32 fields")       # parse_qsl's max_num_fields
+        else:
+            pairs = _split_plain(text)
     except (UnicodeDecodeError, ValueError):
         raise BadQuery("malformed query string") from None
     found: dict[str, str] = {}
@@ -42,11 +63,11 @@ def parse_query(raw: bytes) -> tuple[str, str, str | None]:
     tenant = found.get("tenant")
     ticket = found.get("ticket")
     sid = found.get("sid")
-    if tenant is None or not TENANT_RE.fullmatch(tenant):
+    if tenant is None or not names.TENANT_ID.fullmatch(tenant):
         raise BadQuery("missing or malformed tenant")
     if ticket is None or not TICKET_RE.fullmatch(ticket):
         raise BadQuery("missing or malformed ticket")
-    if sid is not None and not SID_RE.fullmatch(sid):
+    if sid is not None and not names.SID.fullmatch(sid):
         raise BadQuery("malformed sid")
     return tenant, ticket, sid
 
@@ -65,6 +86,8 @@ class Router:
         path, _, query = request.path.partition(b"?")
         if path == WS_PATH:
             return self._upgrade(request, query, proto)
+        if path == CHECK_PATH:
+            return self._check(request, query, proto)
         gw = self.gw
         if path == b"/healthz":
             return http.plain(200, "ok")
@@ -72,8 +95,12 @@ class Router:
             return http.plain(503, "draining") if gw.draining else http.plain(200, "ready")
         if path == gw.metrics_path:
             return http.ok(render(gw.metrics_registry), health.METRICS_CONTENT_TYPE)
-        if path == b"/demo/" and gw.config.gateway.demo:
-            return http.ok(health.demo_page(), "text/html; charset=utf-8")
+        if gw.config.gateway.demo:
+            if path == b"/demo":
+                return http.redirect("/demo/")
+            static = health.static_file(path)
+            if static is not None:
+                return http.ok(*static)
         return self._reject(gw.unknown_stats, 404, "not found", "not_found")
 
     def _reject(self, stats, status, body, reason, headers=None):
@@ -81,14 +108,40 @@ class Router:
         return http.plain(status, body, headers)
 
     def _upgrade(self, request, query: bytes, proto):
+        if not _is_upgrade(request.headers):
+            return self._reject(self.gw.unknown_stats, 426, "upgrade required: this endpoint speaks WebSocket",
+                                "not_upgrade", {"Upgrade": "websocket"})
+        verdict = self._admit(request, query, proto, upgrade=True)
+        if isinstance(verdict, Refusal):
+            return self._reject(*verdict)
+        tenant, user, sid, ip, exp, ticket = verdict
+        tenant.stats.count_upgrade(101, None)
+        return self.gw.new_session(tenant, user, sid, ip, exp, ticket if tenant.auth.deferred else None)
+
+    def _check(self, request, query: bytes, proto):
+        """`GET /v1/ws/check?<the WebSocket URL's query>`: the upgrade's own checks, same
+        defender and counters, answered in JSON with the status the upgrade would get
+        (200 instead of 101). A webhook tenant's ticket is judged only after an upgrade
+        (4007), so here it passes. Any origin may ask: a page can learn nothing here that
+        opening the WebSocket would not tell it."""
+        verdict = self._admit(request, query, proto, upgrade=False)
+        if isinstance(verdict, Refusal):
+            stats, status, msg, reason, headers = verdict
+            stats.count_upgrade(status, reason)
+            body = {"reason": CHECK_REASONS.get(reason, reason), "msg": msg}
+            if headers and "Retry-After" in headers:
+                body["retry_after"] = int(headers["Retry-After"])
+            return http.json(status, body, headers)
+        verdict[0].stats.count_upgrade(200, None)
+        return http.json(200, {"reason": "ok", "msg": "the gateway would accept this handshake now"})
+
+    def _admit(self, request, query: bytes, proto, upgrade: bool):
+        """The checks from draining on: a Refusal, or what the new session needs."""
         gw = self.gw
         unknown = gw.unknown_stats
         headers = request.headers
-        if not _is_upgrade(headers):
-            return self._reject(unknown, 426, "upgrade required: this endpoint speaks WebSocket", "not_upgrade",
-                                {"Upgrade": "websocket"})
         if gw.draining:
-            return self._reject(unknown, 503, "draining", "draining")
+            return Refusal(unknown, 503, "draining", "draining")
         ip = ""
         defender = gw.defender
         if defender.enabled or gw.needs_peer_ip:
@@ -98,44 +151,54 @@ class Router:
                 verdict = defender.check(ip)
                 if verdict is not None:
                     reason, retry = verdict
-                    return self._reject(unknown, 429, "too many handshakes", reason, {"Retry-After": str(retry)})
-        connection = headers.get("Connection", "")
-        if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
-            headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
-        try:
-            _validate_upgrade_request(request)
-        except RuntimeError:
-            return self._reject(unknown, 400, "bad WebSocket upgrade request", "bad_request")
+                    return Refusal(unknown, 429, "too many handshakes", reason, {"Retry-After": str(retry)})
+        if upgrade:
+            connection = headers.get("Connection", "")
+            if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
+                headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
+            try:
+                _validate_upgrade_request(request)
+            except RuntimeError:
+                return Refusal(unknown, 400, "bad WebSocket upgrade request", "bad_request")
         try:
             tenant_id, ticket, sid = parse_query(query)
         except BadQuery as exc:
-            return self._reject(unknown, 400, str(exc), "bad_request")
+            return Refusal(unknown, 400, str(exc), "bad_request")
         tenant = gw.tenants.get(tenant_id)
         if tenant is None:
-            return self._reject(unknown, 400, "unknown tenant", "unknown_tenant")
+            return Refusal(unknown, 400, "unknown tenant", "unknown_tenant")
         stats = tenant.stats
         limit = tenant.limits.max_sessions_total
         if limit and tenant.sessions.count >= limit and not _replaces_live(tenant, ticket, sid):
-            return self._reject(stats, 503, "tenant at max_sessions_total", "tenant_full", {"Retry-After": "1"})
-        auth = tenant.authenticator
+            return Refusal(stats, 503, "tenant at max_sessions_total", "tenant_full", {"Retry-After": "1"})
+        auth = tenant.auth.authenticator
         if auth.deferred:
             user, exp = None, None
         else:
             try:
                 user, exp = auth.authenticate(ticket)
             except AuthError:
-                return self._reject(stats, 401, "ticket rejected", "auth_failed")
-        stats.count_upgrade(101, None)
-        return gw.new_session(tenant, user, sid, ip, exp, ticket if auth.deferred else None)
+                return Refusal(stats, 401, "ticket rejected", "auth_failed")
+        return tenant, user, sid, ip, exp, ticket
+
+
+class Refusal(NamedTuple):
+    """A refused handshake: whose counters, HTTP status, body text, metrics reason, headers."""
+    stats: object
+    status: int
+    msg: str
+    reason: str
+    headers: dict | None = None
 
 
 def _replaces_live(tenant, ticket: str, sid: str | None) -> bool:
     """A reconnect of a live (user, sid) replaces it and must not be refused as one
     session too many: "a reconnecting tab never counts twice" (SPEC 1)."""
-    if sid is None or tenant.authenticator.deferred:
+    auth = tenant.auth.authenticator
+    if sid is None or auth.deferred:
         return False
     try:
-        user = tenant.authenticator.authenticate(ticket).user
+        user = auth.authenticate(ticket).user
     except AuthError:
         return False
     return tenant.sessions.find(user, sid) is not None

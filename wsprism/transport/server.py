@@ -47,9 +47,13 @@ def transport_frame_limit(config) -> int:
 async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: bool = False):
     loop = asyncio.get_running_loop()
     router = gateway.router
+    frame_limit = [None, 0]         # (config, its transport_frame_limit): computed once per reload
 
     def protocol_factory():
         proto = None
+        config = gateway.config
+        if config is not frame_limit[0]:
+            frame_limit[0], frame_limit[1] = config, transport_frame_limit(config)
 
         def listener_factory(request):
             return router(request, proto)
@@ -60,7 +64,7 @@ async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: b
             HANDSHAKE_TIMEOUT,
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,   # our own liveness
             True,                       # auto pong
-            transport_frame_limit(gateway.config),   # follows reloads
+            frame_limit[1],             # follows reloads
             None,
             READ_BUFFER_INIT,
         )

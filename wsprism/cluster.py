@@ -1,6 +1,10 @@
-"""The gateway's side of the broker (SPEC 11): the host the `RedisBroker` calls back.
+"""The gateway's side of the broker (SPEC 11): the tenants' `ClusterSeam`
+(core/tenant.py) and the host the `RedisBroker` calls back (broker/redis.py).
 
 Composition, beside the gateway: it knows tenants and sessions; the broker knows Redis.
+Nothing on a message's way waits on Redis: a node delivers to its own members at once
+and hands the frame to the broker, which packs every frame of one loop turn for one room
+into one PUBLISH; the other nodes with members in the room receive it and fan it out.
 
 Sessions. With the broker up, a session's admission is one script in Redis (same-sid
 replacement, the per-user limit with deny or kick_oldest, `max_sessions_total`), exact
@@ -11,28 +15,40 @@ other nodes get a kick on their node's channel (published by the script). A kick
 reach this node before the answer to the admission it concerns (two links): it is held
 briefly (`early_kicks`) and applied when the answer arrives.
 
-While the broker is down (or re-registering), sessions are admitted against this node's
-own counts (SPEC 11: the one window where limits are not exact), and every such change is
-noted. When it comes back, `resync` makes Redis match this node: entries of sessions that
-left meanwhile are removed, sessions admitted meanwhile (or all of them, when Redis came
-back empty) are admitted again oldest first through the same script, and the ones the
-tenant's policy now refuses are undone: deny -> TOO_MANY_SESSIONS and close 4004 (the
-newest go, since the oldest are re-admitted first), kick_oldest -> the oldest kicked,
-max_sessions_total -> RESOURCE_EXHAUSTED and close 1013.
+Rooms. A user's first session on this node in a room is admitted by the join script
+(distinct users per room, rooms per tenant, rooms per user; "first anywhere" comes back
+and `user_joined` is published to the other nodes in the same step); the room's channel
+is subscribed before the script is sent and the join completes once Redis confirmed the
+subscription, so whatever is published after the membership is in reaches this node.
+The session's later messages wait for it (core/dispatcher.py `answer_later`). Further
+sessions of that user join here alone. The last session of a user here leaving runs the
+leave script; its answer says whether the user is now in the room nowhere (then this
+node's members get `user_left`; the other nodes got it from the script). Each room with
+members here holds its channel (`retain`/`release`, refcounted, batched, with a linger)
+and tells Redis how many sessions it has here (for the server API's `delivered`).
 
-Rooms, presence, cross-node fan-out and the server API go through here in the second step
-of issue 11 (after the services restructuring); `on_room_frames`/`on_presence` already
-deliver what other nodes publish.
+While the broker is down (or re-registering), sessions and joins are admitted against
+this node's own counts (SPEC 11: the one window where limits are not exact), and every
+such change is noted. When it comes back, `resync` makes Redis match this node: entries
+of sessions and memberships that ended meanwhile are removed, those made meanwhile (or
+all of them, when Redis came back empty) are admitted again through the same scripts,
+oldest first, and what the tenant's policy now refuses is undone, newest first: deny ->
+TOO_MANY_SESSIONS and close 4004, kick_oldest -> the oldest kicked, max_sessions_total ->
+RESOURCE_EXHAUSTED and close 1013; a room limit -> `sys.error` RESOURCE_EXHAUSTED and
+`left` for the sessions of that user in that room.
 """
 import asyncio
 import logging
+from functools import partial
 from itertools import count
 from time import monotonic
 
 from ._fast import Counter, broadcast
 from .broker import BrokerError, RedisBroker
+from .broker.wire import DISCONNECT, TO_USER
 from .core import codes
-from .core.envelope import encode_message
+from .core.envelope import encode_message, encode_sys
+from .core.rooms import RoomError
 from .core.session import OPEN, PENDING
 
 log = logging.getLogger("wsprism.cluster")
@@ -51,12 +67,18 @@ class Cluster:
         self.born: dict = {}             # admitted session -> local admission order
         self._order = count()
         self.early_kicks: dict = {}      # (tenant, user, sid) -> (seq, reason, monotonic)
+        self.pending: dict = {}          # (tenant, room, user) -> joins waiting for Redis
+        self.local_members: dict = {}    # (tenant, room, user) -> order: memberships Redis lacks
         self.changes = 0                 # local-only changes since the last resync pass
         self._tasks: set = set()
 
     @property
     def node(self) -> str:
         return self.broker.node
+
+    @property
+    def up(self) -> bool:
+        return self.broker.up
 
     def start(self) -> None:
         self.broker.start()
@@ -152,13 +174,158 @@ class Cluster:
         tenant.kick(victim, KICK_REASONS.get(reason, "replaced"))
         return True
 
+    # -- rooms --------------------------------------------------------------------------
+    async def join(self, session, room: str) -> bool:
+        """Redis admits this node's first session of a user into `room` (the tenant enters
+        it here once it has): -> "first anywhere"; RoomError when a limit refuses."""
+        tenant = session.tenant
+        user = session.user
+        broker = self.broker
+        key = (tenant.id, room, user)
+        channel = broker.room_channel(tenant.id, room)
+        broker.retain(channel, (tenant.id, room))
+        pending = self.pending
+        pending[key] = pending.get(key, 0) + 1
+        try:
+            try:
+                ok, answer = await broker.join(tenant.id, user, room, tenant.limits, tenant.policy.presence_events)
+                if ok:
+                    confirmed = broker.until_subscribed(channel)
+                    if confirmed is not None:
+                        await confirmed   # False if the link went: cross-node delivery resumes on reconnect
+            except (BrokerError, asyncio.TimeoutError):
+                ok = answer = None        # went down meanwhile: this node decides alone
+            finally:
+                n = pending[key] - 1
+                if n:
+                    pending[key] = n
+                else:
+                    del pending[key]
+            if session.state != OPEN or not session.registered or self.tenants.get(tenant.id) is not tenant:
+                if ok:
+                    self._leave_if_gone(tenant, room, user)
+                return False
+            if ok is None:
+                return tenant.enter(session, room)
+            if not ok:
+                raise RoomError(codes.RESOURCE_EXHAUSTED, f"{answer} reached")
+            try:
+                tenant.enter(session, room)
+            except RoomError:
+                self._leave_if_gone(tenant, room, user)
+                raise
+            return answer
+        finally:
+            broker.release(channel)       # the room holds its own retain once entered
+
+    def entered(self, session, room, first_of_user: bool) -> None:
+        """A session is in `room` (a Room) on this node: hold its channel, tell Redis the
+        room's size here; a membership made without Redis is noted for the resync."""
+        tenant = session.tenant
+        broker = self.broker
+        if room.channel is None:
+            room.channel = broker.room_channel(tenant.id, room.name)
+            broker.retain(room.channel, (tenant.id, room.name))
+        broker.room_size(tenant.id, room.name, len(room.members))
+        if first_of_user and not broker.up:
+            self.local_members[(tenant.id, room.name, session.user)] = next(self._order)
+            self.changes += 1
+
+    def left(self, session, room, gone_here: bool) -> None:
+        """A session left `room` (a Room) on this node; `gone_here`: its user has no
+        other session in it here."""
+        tenant = session.tenant
+        broker = self.broker
+        name = room.name
+        broker.room_size(tenant.id, name, len(room.members))
+        if not room.members and room.channel is not None:
+            broker.release(room.channel)
+            room.channel = None
+        if not gone_here:
+            return
+        user = session.user
+        self.local_members.pop((tenant.id, name, user), None)
+        answer = broker.leave_answered(tenant.id, user, name, tenant.policy.presence_events)
+        if answer is None:                  # down: this node decides who hears of it
+            self.changes += 1
+            tenant.announce(name, "user_left", user)
+            return
+        answer.add_done_callback(partial(self._left, tenant, name, user))
+
+    @staticmethod
+    def _left(tenant, room: str, user: str, answer) -> None:
+        if answer.cancelled() or answer.exception() is not None:
+            return                          # the link went: the resync settles it
+        # 2: in the room on no node now; 0: Redis never had it (joined during an outage)
+        if answer.result() != 1 and not tenant.rooms.has_user(room, user):
+            tenant.announce(room, "user_left", user)
+
+    def _leave_if_gone(self, tenant, room: str, user: str) -> None:
+        """Redis admitted a membership nobody here holds any more (the session left
+        while the join was in flight)."""
+        if not tenant.rooms.has_user(room, user) and (tenant.id, room, user) not in self.pending:
+            self.broker.leave(tenant.id, user, room, tenant.policy.presence_events)
+
+    # -- delivery to other nodes ---------------------------------------------------------
+    def publish(self, tenant, name: str, room, frame: bytes, lossy: bool) -> None:
+        """A frame this node delivered to `name` (its Room here, or None) for the others."""
+        channel = room.channel if room is not None else None
+        if channel is None:
+            channel = self.broker.room_channel(tenant.id, name)
+        self.broker.publish(channel, frame, lossy)
+
+    def relay_tap(self, session, frame: bytes) -> None:
+        """The Hot Lane relay fanned `frame` out to the session's active room here."""
+        room = session.tenant.rooms.rooms.get(session.active_room)
+        if room is not None and room.channel is not None:
+            self.broker.publish(room.channel, frame, True)
+
+    def to_user(self, tenant, user: str, frame: bytes) -> None:
+        self.broker.to_user_nowait(tenant.id, user, self.broker.control(TO_USER, (tenant.id, user, frame)))
+
+    async def to_user_counted(self, tenant, user: str, frame: bytes) -> int:
+        """Sends `frame` to the sessions of `user` on other nodes; -> how many there."""
+        return await self._to_user(tenant, user, self.broker.control(TO_USER, (tenant.id, user, frame)))
+
+    async def disconnect_user(self, tenant, user: str, code: int, reason: str) -> int:
+        return await self._to_user(tenant, user, self.broker.control(DISCONNECT, (tenant.id, user, code, reason)))
+
+    async def _to_user(self, tenant, user: str, message: bytes) -> int:
+        if not self.broker.up:
+            return 0
+        try:
+            total, here = await self.broker.to_user(tenant.id, user, message)
+        except (BrokerError, asyncio.TimeoutError):
+            return 0
+        return total - here
+
+    async def remote_sessions(self, tenant, room: str) -> int:
+        try:
+            return await self.broker.remote_sessions(tenant.id, room)
+        except (BrokerError, asyncio.TimeoutError):
+            return 0
+
+    async def presence(self, tenant, room: str, limit: int):
+        try:
+            return await self.broker.presence(tenant.id, room, limit)
+        except (BrokerError, asyncio.TimeoutError):
+            return None
+
+    async def totals(self, tenant):
+        try:
+            return await self.broker.tenant_stats(tenant.id)
+        except (BrokerError, asyncio.TimeoutError):
+            return None
+
     # -- broker host interface ----------------------------------------------------------
     def broker_tenants(self) -> list[str]:
         return list(self.tenants)
 
     def presence_events(self, tenant_id: str) -> bool:
+        """Whether the reaper publishes `user_left` for this tenant's rooms (the config's
+        choice: a drain here silences only this node's own members)."""
         tenant = self.tenants.get(tenant_id)
-        return True if tenant is None else tenant.presence_events
+        return True if tenant is None else tenant.policy.presence_events
 
     def on_kick(self, tenant_id: str, user: str, sid: str, seq: int, reason: str) -> None:
         tenant = self.tenants.get(tenant_id)
@@ -210,6 +377,7 @@ class Cluster:
             mark = self.changes
             for tenant in list(self.tenants.values()):
                 await self._resync_sessions(broker, tenant)
+                await self._resync_rooms(broker, tenant)
             if self.changes == mark:
                 return
 
@@ -250,3 +418,53 @@ class Cluster:
                         self._refuse(session, r.status)
                     outcome = "refused"
                 stats[("session", outcome)] = stats.get(("session", outcome), 0) + 1
+
+    async def _resync_rooms(self, broker, tenant) -> None:
+        """Make Redis hold exactly this node's memberships (and room sizes)."""
+        stats = broker.stats.reconciled
+        tid = tenant.id
+        remote = await broker.node_memberships(tid)
+        rooms = tenant.rooms.rooms
+        pending = self.pending
+        events = tenant.policy.presence_events
+        for room, user in remote:
+            r = rooms.get(room)
+            if (r is None or user not in r.users) and (tid, room, user) not in pending:
+                broker.leave(tid, user, room, events)
+                stats[("membership", "removed")] = stats.get(("membership", "removed"), 0) + 1
+        local_members = self.local_members
+        missing = [(room, user) for room, r in rooms.items() for user in r.users if (room, user) not in remote]
+        # those Redis had before first (a Redis that came back empty), then the outage's, oldest first
+        missing.sort(key=lambda m: local_members.get((tid, *m), -1))
+        for i in range(0, len(missing), RESYNC_BATCH):
+            batch = missing[i:i + RESYNC_BATCH]
+            answers = await asyncio.gather(*(
+                broker.join(tid, user, room, tenant.limits, events and (tid, room, user) in local_members)
+                for room, user in batch))
+            for (room, user), (ok, answer) in zip(batch, answers):
+                local_members.pop((tid, room, user), None)
+                if ok:
+                    outcome = "added"
+                else:
+                    outcome = "refused"
+                    self._undo_membership(tenant, room, user, answer)
+                stats[("membership", outcome)] = stats.get(("membership", outcome), 0) + 1
+        for room, r in rooms.items():
+            broker.room_size(tid, room, len(r.members))
+        for room in {room for room, _ in remote}:
+            if room not in rooms:
+                broker.room_size(tid, room, 0)
+
+    @staticmethod
+    def _undo_membership(tenant, room: str, user: str, limit: str) -> None:
+        """A membership made during the outage that a room limit refuses now: its
+        sessions here get RESOURCE_EXHAUSTED and `left`."""
+        r = tenant.rooms.get(room)
+        if r is None:
+            return
+        msg = f"{limit} reached: left the room (joined while the broker was away)"
+        left = encode_sys("left", room)
+        for session in [s for s in r.members if s.user == user]:
+            session.send_error(codes.RESOURCE_EXHAUSTED, msg)
+            tenant.leave(session, room)
+            session.send(left)

@@ -22,6 +22,7 @@ Tenant:   <p>:{T}:n            total sessions           <p>:{T}:seq   admission 
           <p>:{T}:r:<room>     hash  user -> nodes where that user is in the room
           <p>:{T}:ur:<user>    hash  room -> nodes where that user is in the room
           <p>:{T}:nm:<node>    set   "<room> <user>" (a node's memberships)
+          <p>:{T}:rs:<room>    hash  node -> that node's sessions in the room (`delivered`)
           <p>:{T}:c:<room>     channel of one room
 """
 
@@ -47,6 +48,9 @@ class Keys:
     def tenant(self, tenant_id: str) -> str:
         """The prefix of one tenant's keys (scripts add the rest)."""
         return f"{self.prefix}:{{{tenant_id}}}:"
+
+    def room_sizes(self, tenant_id: str, room: str) -> str:
+        return f"{self.prefix}:{{{tenant_id}}}:rs:{room}"
 
     def room_channel(self, tenant_id: str, room: str) -> bytes:
         return f"{self.prefix}:{{{tenant_id}}}:c:{room}".encode()

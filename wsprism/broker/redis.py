@@ -79,9 +79,10 @@ class SubscriberConnection(CommandConnection):
     """The subscriber link: pub/sub pushes go to `on_message`; other replies (AUTH,
     PING) are matched in order as on the command link."""
 
-    def __init__(self, name: str, on_message) -> None:
+    def __init__(self, name: str, on_message, on_confirm) -> None:
         super().__init__(name)
         self.on_message = on_message
+        self.on_confirm = on_confirm   # on_confirm(channel, subscribed)
         self.confirms_owed = 0     # (un)subscribe confirmations not yet received
         self.received = 0          # anything at all received (the probe looks at this)
 
@@ -96,6 +97,7 @@ class SubscriberConnection(CommandConnection):
                 self.received += 1
                 self.confirms_owed -= 1
                 self.last_progress = self._loop.time()
+                self.on_confirm(reply[1], kind == b"subscribe")
                 return
         super().on_reply(reply)
 
@@ -150,6 +152,10 @@ class RedisBroker:
         self.subs: dict[bytes, int] = {}
         self.targets: dict[bytes, object] = {}
         self.lingering: dict[bytes, float] = {}
+        self.confirmed: set = set()        # channels Redis confirmed on the current subscriber link
+        self._confirm_waiters: dict[bytes, list] = {}
+        # this node's session count per room, for the others' `delivered` (flushed per turn)
+        self._sizes: dict[tuple[str, str], int] = {}
         self._to_sub: set = set()
         self._to_unsub: set = set()
         self._subs_scheduled = False
@@ -222,8 +228,9 @@ class RedisBroker:
         cmd.transport.set_write_buffer_limits(high=LOSSY_MARK)
         await self._wait(*(cmd.call("SCRIPT", "LOAD", s.source) for s in SCRIPTS.values()))
         fresh = await self._renew()
-        sub = SubscriberConnection(f"wsprism:{self.node}:sub", self._on_message)
+        sub = SubscriberConnection(f"wsprism:{self.node}:sub", self._on_message, self._on_confirm)
         self.sub = sub
+        self.confirmed.clear()
         await open_connection(sub, self.url, timeout)
         for ch in self.lingering:
             self.targets.pop(ch, None)
@@ -292,6 +299,13 @@ class RedisBroker:
             if conn is not None:
                 conn.abort(reason)
         self.cmd = self.sub = None
+        self.confirmed.clear()
+        self._sizes.clear()                 # the re-registration writes them all again
+        waiters, self._confirm_waiters = self._confirm_waiters, {}
+        for futs in waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(False)
         for lane, packs in enumerate(self._packs):
             if packs:
                 self.stats.dropped[(LANES[lane], "down")] += sum(
@@ -477,14 +491,47 @@ class RedisBroker:
         t0 = perf_counter()
         r = await self.script("join", self.keys.tenant(tenant_id), self.node, user, room,
                               limits.max_users_per_room, limits.max_rooms_total, limits.max_rooms_per_user,
-                              1 if events else 0)
+                              1 if events else 0, self.keys.nodes)
         self.stats.rtt["join"].observe(perf_counter() - t0)
         if _s(r[0]) == "ok":
             return True, bool(r[1])
         return False, _s(r[0])
 
     def leave(self, tenant_id: str, user: str, room: str, events: bool) -> bool:
+        """This node's last session of `user` left `room` (answer dropped); False when
+        down (the re-registration after the outage catches it up)."""
         return self.script_nowait("leave", self.keys.tenant(tenant_id), self.node, user, room, 1 if events else 0)
+
+    def leave_answered(self, tenant_id: str, user: str, room: str, events: bool) -> asyncio.Future | None:
+        """`leave`, with its answer in a future: 0 (Redis did not have the membership),
+        1 (left) or 2 (left, and in the room on no node now); None when down."""
+        return self.script_call("leave", self.keys.tenant(tenant_id), self.node, user, room, 1 if events else 0)
+
+    def script_call(self, name: str, *args) -> asyncio.Future | None:
+        """Send one script now, await nothing: its answer in a future (None when down)."""
+        cmd = self.cmd
+        if self.state == DOWN or cmd is None:
+            return None
+        if self._packs_scheduled:
+            self._flush_packs()
+        return cmd.call("EVALSHA", SCRIPTS[name].sha, 0, *args)
+
+    def room_size(self, tenant_id: str, room: str, sessions: int) -> None:
+        """This node now holds `sessions` sessions in `room` (0: none). Written to Redis
+        once per loop turn per room (absolute, so nothing drifts), for the server API's
+        `delivered` on other nodes; dropped while down (re-registration writes them all)."""
+        if self.state == DOWN:
+            return
+        self._sizes[(tenant_id, room)] = sessions
+        if not self._packs_scheduled:
+            self._packs_scheduled = True
+            self._loop.call_soon(self._flush_packs)
+
+    async def remote_sessions(self, tenant_id: str, room: str) -> int:
+        """Sessions in `room` on the other nodes, as they last wrote it."""
+        flat = await self.script_raw("HGETALL", self.keys.room_sizes(tenant_id, room))
+        node = self.origin
+        return sum(int(flat[i + 1]) for i in range(0, len(flat), 2) if flat[i] != node)
 
     async def presence(self, tenant_id: str, room: str, limit: int) -> tuple[int, list[str]]:
         count, users = await self.script("presence", self.keys.tenant(tenant_id), room, limit)
@@ -501,6 +548,10 @@ class RedisBroker:
         total, here = await self.script("to_user", keys.tenant(tenant_id), keys.node_prefix(), self.node,
                                         user, message)
         return total, here
+
+    def to_user_nowait(self, tenant_id: str, user: str, message: bytes) -> bool:
+        keys = self.keys
+        return self.script_nowait("to_user", keys.tenant(tenant_id), keys.node_prefix(), self.node, user, message)
 
     async def node_sessions(self, tenant_id: str) -> dict:
         """This node's sessions as Redis has them: {(user, sid): seq}."""
@@ -558,6 +609,28 @@ class RedisBroker:
             return
         self.lingering[channel] = (self._loop or asyncio.get_running_loop()).time() + LINGER
 
+    def _on_confirm(self, channel: bytes, subscribed: bool) -> None:
+        if not subscribed:
+            self.confirmed.discard(channel)
+            return
+        self.confirmed.add(channel)
+        futs = self._confirm_waiters.pop(channel, None)
+        if futs is not None:
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(True)
+
+    def until_subscribed(self, channel: bytes) -> asyncio.Future | None:
+        """None when Redis has confirmed this node's subscription to `channel` (or the
+        broker is down); else a future that answers once it has (True) or the link went
+        away (False). A join waits for it, so what is published once the membership is in
+        Redis reaches this node."""
+        if channel in self.confirmed or self.state == DOWN or self.sub is None:
+            return None
+        fut = self._loop.create_future()
+        self._confirm_waiters.setdefault(channel, []).append(fut)
+        return fut
+
     def _sweep_lingering(self, now: float) -> None:
         expired = [ch for ch, deadline in self.lingering.items() if deadline <= now]
         for ch in expired:
@@ -614,6 +687,14 @@ class RedisBroker:
         cmd = self.cmd
         if cmd is None:
             return                          # went down meanwhile: _went_down counted them
+        if self._sizes:
+            sizes, self._sizes = self._sizes, {}
+            keys, node = self.keys, self.node
+            for (tenant_id, room), n in sizes.items():
+                if n:
+                    cmd.send("HSET", keys.room_sizes(tenant_id, room), node, n)
+                else:
+                    cmd.send("HDEL", keys.room_sizes(tenant_id, room), node)
         stats = self.stats
         origin = self.origin
         for lane in (0, 1):

@@ -7,24 +7,23 @@ with no member left is deleted at once. Announcing joins and leaves, and fanning
 is the tenant's (core/tenant.py): this table only keeps the sets.
 """
 from . import codes
+from .dispatcher import ServiceError
 
 PRESENCE_USERS_CAP = 1000
 
 
-class RoomError(Exception):
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
+class RoomError(ServiceError):
+    """A room limit refused a join (RESOURCE_EXHAUSTED, the session stays)."""
 
 
 class Room:
-    __slots__ = ("name", "members", "users")
+    __slots__ = ("name", "members", "users", "channel")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict = {}            # Session -> None, in join order
         self.users: dict[str, int] = {}    # user -> sessions of that user in the room
+        self.channel = None                # its broker channel while it has members here (SPEC 11)
 
 
 class RoomTable:
@@ -41,6 +40,10 @@ class RoomTable:
     def is_member(self, session, name: str) -> bool:
         room = self.rooms.get(name)
         return room is not None and session in room.members
+
+    def has_user(self, name: str, user: str) -> bool:
+        room = self.rooms.get(name)
+        return room is not None and user in room.users
 
     def join(self, session, name: str) -> bool:
         """Add the session to the room and make it the session's active room; RoomError

@@ -5,9 +5,18 @@ Every way a message reaches a room goes through `publish` (reliable: chat, Pytho
 services' `gw.publish`, webhook answers' `publish` entries, the server API) or
 `publish_hot` (lossy: `gw.publish_hot`); every membership change through `admit`,
 `remove`, `join` and `leave`. These are the seams a broker wraps for scale-out
-(SPEC 11: fan-out, presence and exact limits across nodes) and where history numbers
-room messages (SPEC 13: `offset`/`epoch` given at `publish`). The Hot Lane relay
-(svc 1) fans out inside the compiled framer, straight to the active room's members.
+(SPEC 11: fan-out, presence and exact limits across nodes; `cluster`, below) and where
+history numbers room messages (SPEC 13: `offset`/`epoch` given at `publish`). The Hot
+Lane relay (svc 1) fans out inside the compiled framer, straight to the active room's
+members; with a broker, the lane's `relay_tap` hands each relayed frame to the cluster.
+
+With a broker (`cluster` set), every call still answers at once from this node's
+tables and delivers here at once; the cluster carries publishes to the other nodes
+(packed per room per loop turn, never awaited) and asks Redis where a limit must be
+exact across nodes: an admission (`admit` answers None, the cluster opens or refuses
+the session later) and a user's first session on this node in a room (`join` answers
+an awaitable). The server API's `*_counted`, `presence_everywhere` and `totals` await
+Redis for figures over every node.
 
 The tenant is assembled beside the gateway (wsprism/assembly.py), which fills in what
 the core is handed: the lane policy's entries, the dispatcher's handler table, the
@@ -15,7 +24,7 @@ admission rule, the membership listeners (Python services' hooks), and what serv
 reach through their tenant (`auth`, `http`). The core imports nothing from policy,
 ops or services.
 """
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
@@ -53,11 +62,23 @@ AdmissionRule = Callable[[SessionRegistry, str, Any], tuple[bool, list]]
 
 class ClusterSeam(Protocol):
     """What the tenant calls when a broker joins the nodes (wsprism/cluster.py; None
-    without one). Every method answers at once; what needs Redis answers later."""
+    without one). Nothing here waits on Redis unless it is awaited."""
+
+    up: bool                                          # the broker answers (else: this node alone)
 
     def admit(self, session) -> bool: ...             # True: Redis decides, then opens or refuses it
     def admitted_locally(self, session) -> None: ...  # admitted on this node's counts (broker down)
     def session_gone(self, session) -> None: ...
+    def join(self, session, room: str) -> Awaitable[bool]: ...     # Redis admits it for every node
+    def entered(self, session, room, first_of_user: bool) -> None: ...
+    def left(self, session, room, gone_here: bool) -> None: ...
+    def publish(self, tenant, name: str, room, frame: bytes, lossy: bool) -> None: ...
+    def to_user(self, tenant, user: str, frame: bytes) -> None: ...
+    async def to_user_counted(self, tenant, user: str, frame: bytes) -> int: ...
+    async def disconnect_user(self, tenant, user: str, code: int, reason: str) -> int: ...
+    async def remote_sessions(self, tenant, room: str) -> int: ...
+    async def presence(self, tenant, room: str, limit: int): ...   # (count, users) | None
+    async def totals(self, tenant): ...                            # (sessions, rooms, users) | None
 
 
 class Tenant:
@@ -156,28 +177,52 @@ class Tenant:
             self.cluster.session_gone(session)
 
     # -- membership ----------------------------------------------------------------------
-    def join(self, session, room: str) -> bool:
-        """Join (or re-join: make active again) a room; RoomError past a limit. True when
-        this is the user's first session in it (then `announce_joined` after `joined`)."""
+    def join(self, session, room: str):
+        """Join (or re-join: make active again) a room; RoomError past a limit.
+
+        Answers True when this is the user's first session in it (then `announce_joined`
+        after `joined`), False when not. With a broker up, a user's first session on this
+        node in a room needs Redis' admission for every node: then it answers an
+        awaitable instead, which resolves to "first anywhere" once the membership is in
+        (or raises RoomError), the session entered here only then."""
+        cluster = self.cluster
+        if cluster is not None and cluster.up and not self.rooms.has_user(room, session.user):
+            return cluster.join(session, room)
+        return self.enter(session, room)
+
+    def enter(self, session, room: str) -> bool:
+        """The membership is admitted (at once, or by the broker): into the room table."""
         first_of_user = self.rooms.join(session, room)
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.entered(session, self.rooms.rooms[room], first_of_user)
         for listener in self.listeners:
             listener.joined(session, room)
         return first_of_user
 
     def announce_joined(self, room: str, user: str) -> None:
-        """`room.user_joined` to every member, when the tenant has presence events on."""
+        """`room.user_joined` to every member here, when the tenant has presence events on
+        (members on other nodes hear it from the broker's join step)."""
+        self.announce(room, "user_joined", user)
+
+    def announce(self, room: str, kind: str, user: str) -> None:
         r = self.rooms.get(room)
         if r is not None and self.presence_events:
-            self.deliver(r, encode_message("room", "user_joined", room, {"user": user}))
+            self.deliver(r, encode_message("room", kind, room, {"user": user}))
 
     def leave(self, session, room: str) -> bool:
         """Leave a room; False if the session was not in it. The user's last session
-        leaving tells the others (`room.user_left`) when presence events are on."""
+        leaving tells the others (`room.user_left`) when presence events are on; with a
+        broker, once Redis says the user is in the room on no node."""
         r = self.rooms.leave(session, room)
         if r is None:
             return False
         user = session.user
-        if self.presence_events and r.members and user not in r.users:
+        gone_here = user not in r.users
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.left(session, r, gone_here)
+        elif gone_here and self.presence_events and r.members:
             self.deliver(r, encode_message("room", "user_left", room, {"user": user}))
         for listener in self.listeners:
             listener.left(session, room)
@@ -187,51 +232,126 @@ class Tenant:
         return self.rooms.is_member(session, room)
 
     def presence(self, room: str, limit: int = PRESENCE_USERS_CAP) -> Presence:
+        """This node's members (exact in one process)."""
         return Presence(*self.rooms.presence(room, limit))
+
+    async def presence_everywhere(self, room: str, limit: int = PRESENCE_USERS_CAP) -> Presence:
+        """Every node's members, from Redis, with a broker up; else this node's."""
+        cluster = self.cluster
+        if cluster is not None and cluster.up:
+            found = await cluster.presence(self, room, limit)
+            if found is not None:
+                return Presence(*found)
+        return self.presence(room, limit)
+
+    async def totals(self) -> tuple[int, int, int]:
+        """(sessions, rooms, users) of every node with a broker up; else this node's."""
+        cluster = self.cluster
+        if cluster is not None and cluster.up:
+            found = await cluster.totals(self)
+            if found is not None:
+                return found
+        return self.sessions.count, len(self.rooms.rooms), self.sessions.users
 
     # -- delivery ------------------------------------------------------------------------
     def publish(self, room: str, svc: str, type_: str, data: Any = _UNSET) -> int:
         """Reliable: `{"v":1,"svc","type","room","data"?}` to every member of `room`,
-        encoded once. Returns how many sessions it went to (0 for a room with no member)."""
+        encoded once: this node's members at once, the other nodes' through the broker.
+        Returns how many sessions on this node it went to."""
+        payload = encode_message(svc, type_, room, data)
+        # (history assigns the message its offset and epoch here, before any delivery)
         r = self.rooms.get(room)
-        if r is None:
-            return 0
-        return self.deliver(r, encode_message(svc, type_, room, data))
+        cluster = self.cluster
+        if cluster is None:
+            if r is None:
+                return 0
+            broadcast(r.members, build_frame(OP_TEXT, payload), False)
+            return len(r.members)
+        frame = build_frame(OP_TEXT, payload)
+        n = 0
+        if r is not None:
+            broadcast(r.members, frame, False)
+            n = len(r.members)
+        cluster.publish(self, room, r, frame, False)
+        return n
+
+    async def publish_counted(self, room: str, svc: str, type_: str, data: Any = _UNSET) -> int:
+        """`publish`, answering how many sessions it reached on every node (the server
+        API's `delivered`): this node's, plus what the other nodes last told Redis."""
+        n = self.publish(room, svc, type_, data)
+        cluster = self.cluster
+        if cluster is not None and cluster.up:
+            n += await cluster.remote_sessions(self, room)
+        return n
 
     def publish_hot(self, room: str, frame: bytes) -> int:
         """Lossy: one binary frame carrying `frame` (a whole Hot Lane message, header
         included) to every member of `room`, through the same corked fan-out as the relay;
-        members over their high-water mark are skipped and counted. Returns how many got it."""
+        members over their high-water mark are skipped and counted, and with a broker the
+        other nodes get it packed with the loop turn's other frames for the room (dropped,
+        counted, when the link is over its mark). Returns how many got it here."""
         r = self.rooms.get(room)
-        if r is None:
+        cluster = self.cluster
+        if r is None and cluster is None:
             return 0
-        members = r.members
-        drops = broadcast(members, build_frame(OP_BINARY, frame), True)
-        if drops:
-            self.lane.bump(Counter.C_EGRESS_DROPS, drops)
-        return len(members) - drops
+        out = build_frame(OP_BINARY, frame)
+        n = 0
+        if r is not None:
+            members = r.members
+            drops = broadcast(members, out, True)
+            if drops:
+                self.lane.bump(Counter.C_EGRESS_DROPS, drops)
+            n = len(members) - drops
+        if cluster is not None:
+            cluster.publish(self, room, r, out, True)
+        return n
 
     def send_to_user(self, user: str, svc: str, type_: str, data: Any = _UNSET) -> int:
-        """Reliable, to every open session of `user`; returns how many."""
+        """Reliable, to every open session of `user` (with a broker, on every node);
+        returns how many on this node."""
+        frame = build_frame(OP_TEXT, encode_message(svc, type_, None, data))
+        n = self.deliver_to_user(user, frame)
+        if self.cluster is not None:
+            self.cluster.to_user(self, user, frame)
+        return n
+
+    async def send_to_user_counted(self, user: str, svc: str, type_: str, data: Any = _UNSET) -> int:
+        """`send_to_user`, answering how many sessions it reached on every node."""
+        frame = build_frame(OP_TEXT, encode_message(svc, type_, None, data))
+        n = self.deliver_to_user(user, frame)
+        if self.cluster is not None:
+            n += await self.cluster.to_user_counted(self, user, frame)
+        return n
+
+    def deliver_to_user(self, user: str, frame: bytes) -> int:
+        """A built frame to this node's open sessions of `user`."""
         sessions = [s for s in self.sessions.sessions_of(user) if s.state == OPEN]
         if sessions:
-            frame = build_frame(OP_TEXT, encode_message(svc, type_, None, data))
             broadcast(sessions, frame, False)
         return len(sessions)
 
     def disconnect_user(self, user: str, code: int, reason: str = "") -> int:
+        """Close this node's open sessions of `user`; returns how many."""
         victims = [s for s in self.sessions.sessions_of(user) if s.state == OPEN]
         for session in victims:
             session.close(code, reason)
         return len(victims)
 
+    async def disconnect_user_counted(self, user: str, code: int, reason: str = "") -> int:
+        """Close every open session of `user` on every node; returns how many."""
+        n = self.disconnect_user(user, code, reason)
+        if self.cluster is not None:
+            n += await self.cluster.disconnect_user(self, user, code, reason)
+        return n
+
     def disconnect_sid(self, sid: str, code: int, reason: str = "") -> int:
+        """Close this node's open sessions with `sid`; returns how many."""
         victims = [s for s in self.sessions.with_sid(sid) if s.state == OPEN]
         for session in victims:
             session.close(code, reason)
         return len(victims)
 
     def deliver(self, room, data: bytes) -> int:
-        """A reliable text message to every local member of `room` (a Room)."""
+        """A reliable text message to every member of `room` (a Room) on this node."""
         broadcast(room.members, build_frame(OP_TEXT, data), False)
         return len(room.members)

@@ -1,11 +1,15 @@
 -- This node's first session of `user` enters `room`. A user already in the room (on any
 -- node) is never refused; a new user must fit max_users_per_room (distinct users), a new
 -- room max_rooms_total, and the user max_rooms_per_user (distinct rooms). With presence
--- events, the user's first arrival anywhere is published ('J') in the same step.
--- ARGV: P, node, user, room, max users per room, max rooms total, max rooms per user, events (1/0)
+-- events, the user's first arrival anywhere is published ('J') in the same step. At
+-- max_rooms_per_user, rooms the user is in only through dead nodes (not reaped yet) do
+-- not count: a user whose node died is never refused because of its own ghost.
+-- ARGV: P, node, user, room, max users per room, max rooms total, max rooms per user,
+--       events (1/0), nodes key
 -- -> {'ok', first (1/0)} | {'max_users_per_room' | 'max_rooms_total' | 'max_rooms_per_user'}
 local P, node, user, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_users, max_rooms, max_user_rooms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local nodes = ARGV[9]
 local entry, nm = room .. ' ' .. user, P .. 'nm:' .. node
 if redis.call('SISMEMBER', nm, entry) == 1 then return {'ok', 0} end
 local rk = P .. 'r:' .. room
@@ -17,7 +21,8 @@ if first then
   elseif max_users > 0 and users >= max_users then
     return {'max_users_per_room'}
   end
-  if max_user_rooms > 0 and redis.call('HLEN', P .. 'ur:' .. user) >= max_user_rooms then
+  if max_user_rooms > 0 and redis.call('HLEN', P .. 'ur:' .. user) >= max_user_rooms
+      and live_rooms(P, nodes, user) >= max_user_rooms then
     return {'max_rooms_per_user'}
   end
 end

@@ -38,3 +38,21 @@ local function split(entry)
   local sp = string.find(entry, ' ', 1, true)
   return string.sub(entry, 1, sp - 1), string.sub(entry, sp + 1)
 end
+
+-- How many of `user`'s rooms it is in through at least one live node (the slow path of
+-- max_rooms_per_user: only run at the limit). ur:<user> counts nodes per room; each dead
+-- node still holding (room, user) is subtracted.
+local function live_rooms(P, nodes, user)
+  local dead = redis.call('ZRANGEBYSCORE', nodes, '-inf', '(' .. now_ms())
+  local ur = redis.call('HGETALL', P .. 'ur:' .. user)
+  if #dead == 0 then return #ur / 2 end
+  local live = 0
+  for i = 1, #ur, 2 do
+    local n = tonumber(ur[i + 1])
+    for _, d in ipairs(dead) do
+      if redis.call('SISMEMBER', P .. 'nm:' .. d, ur[i] .. ' ' .. user) == 1 then n = n - 1 end
+    end
+    if n > 0 then live = live + 1 end
+  end
+  return live
+end

@@ -170,8 +170,8 @@ def release(session) -> None:
     """Handle the messages held for `session`, in order, until one is held again."""
     held = session.held
     session.held = None
-    if not held:
-        return
+    if not held or session.state != OPEN:
+        return                              # a session that left meanwhile: dropped
     dispatch = session.tenant.dispatcher.dispatch
     while held:
         dispatch(session, held.popleft())

@@ -37,6 +37,7 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
     As one of `gateway.workers` (`worker` given), bind the supervisor's port with
     SO_REUSEPORT and answer /metrics for the whole host (ops/hostmetrics.py)."""
     gateway = Gateway(config, config_path)      # imports Python services, reads API keys
+    gateway.worker = worker.index if worker is not None else None
     api = gateway.api
     api_cfg = config.gateway.api
     api_ssl = make_ssl(api_cfg.tls) if api_cfg is not None else None

@@ -75,6 +75,7 @@ class Gateway:
         self.stop_requested = asyncio.Event()   # a signal, or request_stop()
         self.stopped = asyncio.Event()          # draining, and the last session is gone
         self.needs_peer_ip = False
+        self.worker: int | None = None          # this worker's index under gateway.workers > 1
         self._update_needs_ip()
         # built once, at start (a reload never imports or builds one): (config path, PythonService)
         self.python_services = [

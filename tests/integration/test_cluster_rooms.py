@@ -314,6 +314,11 @@ def test_server_api_spans_every_node(gateway_factory, redis_server, monkeypatch)
             p = await get("/v1/presence?tenant=acme&room=hall")
             assert p["count"] == 2 and sorted(p["users"]) == ["ann", "ben"]
             assert await get("/v1/stats?tenant=acme") == {"sessions": 3, "rooms": 1, "users": 2}
+            scale = (await get("/v1/admin/state?tenant=acme"))["process"]["scale_out"]
+            assert scale["mode"] == "broker" and scale["workers"] == 1 and scale["worker"] is None
+            assert scale["broker"]["up"] and scale["broker"]["state"] == "up"
+            assert scale["broker"]["node"] == a.gw.cluster.node and scale["broker"]["subscriptions"] == 1
+            assert scale["summary"].startswith("one process, broker up at redis://127.0.0.1:")
             out = await post("/v1/disconnect", {"tenant": "acme", "user": "ann", "code": 4321, "reason": "bye"})
             assert out == {"delivered": 2}
         from tests.client import expect_close

@@ -7,13 +7,18 @@
 - `wsprism_broker_dropped_total{lane,reason}`: frames not sent to other nodes; reason
   `down` (no link) or `backlog` (the link is over its mark; lossy frames only, or
   reliable ones past the hard cap).
-- `wsprism_broker_roundtrip_seconds{op}`: admissions and probes, request to answer.
+- `wsprism_broker_roundtrip_seconds{op}`: request to answer: `admit` (a session), `join`
+  (a room membership), `query` (presence, stats, the server API's counts) and `probe`
+  (a publish coming back through Redis to this node: the pub/sub lag).
+- `wsprism_broker_subscriptions`: room channels this node is subscribed to (with the ones
+  lingering after their last member).
 - `wsprism_broker_link_lost_total{link,reason}`: a link that went away; reason
   `closed` (Redis or the network closed it), `evicted` (Redis closed the subscriber while
   the command link stayed up: this node fell behind, client-output-buffer-limit pubsub),
   `timeout` (owed answers did not come), `probe` (subscribed but our probe never came back).
 - `wsprism_broker_reconciliations_total{outcome}`: re-registrations after an outage or a
-  Redis that came back empty; `wsprism_broker_reconciled_total{what,outcome}` their items.
+  Redis that came back empty; `wsprism_broker_reconciled_total{what,outcome}` their items
+  (`session`/`membership`: `added`, `refused` (undone by the policy), `removed`).
 - `wsprism_broker_nodes_reaped_total`: dead nodes this node cleaned up.
 """
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -24,7 +29,8 @@ LANES = ("ext", "hot")
 DROP_REASONS = ("down", "backlog")
 LINKS = ("command", "subscriber")
 LOSS_REASONS = ("closed", "evicted", "timeout", "probe")
-OPS = ("admit", "join", "probe")
+OPS = ("admit", "join", "query", "probe")
+RECONCILED = [(what, outcome) for what in ("session", "membership") for outcome in ("added", "refused", "removed")]
 RTT_BUCKETS = (
     5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
 )
@@ -45,7 +51,7 @@ class BrokerStats:
         self.rtt = {op: Histogram(RTT_BUCKETS) for op in OPS}
         self.link_lost = {(link, r): 0 for link in LINKS for r in LOSS_REASONS}
         self.reconciliations = {"ok": 0, "failed": 0}
-        self.reconciled: dict[tuple[str, str], int] = {}
+        self.reconciled: dict[tuple[str, str], int] = dict.fromkeys(RECONCILED, 0)
         self.reaped = 0
 
 
@@ -79,4 +85,6 @@ def broker_metrics(broker):
         items.add_metric([what, outcome], n)
     reaped = CounterMetricFamily("wsprism_broker_nodes_reaped", "Dead nodes cleaned up by this node")
     reaped.add_metric([], s.reaped)
-    yield from (up, pub, pubf, rcv, rcvf, drop, rtt, lost, rec, items, reaped)
+    subs = GaugeMetricFamily("wsprism_broker_subscriptions", "Room channels this node is subscribed to")
+    subs.add_metric([], len(broker.subs) + len(broker.lingering))
+    yield from (up, pub, pubf, rcv, rcvf, drop, rtt, lost, rec, items, reaped, subs)

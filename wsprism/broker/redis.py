@@ -529,24 +529,32 @@ class RedisBroker:
 
     async def remote_sessions(self, tenant_id: str, room: str) -> int:
         """Sessions in `room` on the other nodes, as they last wrote it."""
+        t0 = perf_counter()
         flat = await self.script_raw("HGETALL", self.keys.room_sizes(tenant_id, room))
+        self.stats.rtt["query"].observe(perf_counter() - t0)
         node = self.origin
         return sum(int(flat[i + 1]) for i in range(0, len(flat), 2) if flat[i] != node)
 
     async def presence(self, tenant_id: str, room: str, limit: int) -> tuple[int, list[str]]:
+        t0 = perf_counter()
         count, users = await self.script("presence", self.keys.tenant(tenant_id), room, limit)
+        self.stats.rtt["query"].observe(perf_counter() - t0)
         return count, [_s(u) for u in users]
 
     async def tenant_stats(self, tenant_id: str) -> tuple[int, int, int]:
+        t0 = perf_counter()
         sessions, rooms, users = await self.script("stats", self.keys.tenant(tenant_id))
+        self.stats.rtt["query"].observe(perf_counter() - t0)
         return sessions, rooms, users
 
     async def to_user(self, tenant_id: str, user: str, message: bytes) -> tuple[int, int]:
         """Publish a control message to every other node with a session of `user`;
         -> (sessions anywhere, sessions on this node)."""
         keys = self.keys
+        t0 = perf_counter()
         total, here = await self.script("to_user", keys.tenant(tenant_id), keys.node_prefix(), self.node,
                                         user, message)
+        self.stats.rtt["query"].observe(perf_counter() - t0)
         return total, here
 
     def to_user_nowait(self, tenant_id: str, user: str, message: bytes) -> bool:

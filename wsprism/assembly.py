@@ -42,6 +42,8 @@ def build_tenant(index: int, cfg, gateway_cfg, http, lifecycle, python: bool = T
     tenant = Tenant(cfg.id)
     tenant.http = http
     tenant.cluster = cluster
+    if cluster is not None:
+        tenant.lane.relay_tap = cluster.relay_tap     # the relay (in the framer) to other nodes
     tenant.auth = SessionAuth(cfg.id, None, http, lifecycle)     # apply() gives it the authenticator
     tenant.admission_rule = over_limit
     if python:

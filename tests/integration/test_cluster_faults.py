@@ -295,16 +295,16 @@ def test_broker_url_unreachable_at_start(nodes):
 
 
 def test_flood_from_one_node_into_a_room_on_another(nodes, redis_server):
-    """A client on node a floods (Hot Lane, as fast as it can write) a room whose 20
-    members are all on node b; node b's other room keeps every message, in order, and
-    every session on b stays open."""
+    """A client on node a floods (Hot Lane, as fast as it can write) a room whose 10
+    members are all on node b; node b's other room keeps every message, in order, its
+    sessions stay open, and node b's subscriber link is never evicted."""
     a = nodes(redis_server.url, "k6", rps=1_000_000)
     b = nodes(redis_server.url, "k6", rps=1_000_000)
 
     async def main():
         flooder, _ = await connect_authed(a.url("dev:flooder"))
         members = []
-        for i in range(20):
+        for i in range(10):
             ws, _ = await connect_authed(b.url(f"dev:m{i}"))
             assert (await join(ws, "flood"))["type"] == "joined"
             members.append(ws)
@@ -318,7 +318,7 @@ def test_flood_from_one_node_into_a_room_on_another(nodes, redis_server):
             n = 0
             try:
                 while True:
-                    await asyncio.wait_for(ws.recv(), 2)
+                    await asyncio.wait_for(ws.recv(), 1)
                     n += 1
             except asyncio.TimeoutError:
                 return n, "open"
@@ -327,7 +327,7 @@ def test_flood_from_one_node_into_a_room_on_another(nodes, redis_server):
 
         readers = [asyncio.create_task(drain(ws)) for ws in members + [flooder]]
         frame = bytes((1, 1, 0)) + b"x" * 200
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 1.0
         sent = 0
         async def flood():
             nonlocal sent
@@ -338,15 +338,16 @@ def test_flood_from_one_node_into_a_room_on_another(nodes, redis_server):
                 await asyncio.sleep(0)
         flooding = asyncio.create_task(flood())
         got = []
-        for i in range(100):
+        for i in range(50):
             await send_json(calm1, chat("calm", f"c{i}"))
             msg = await first(calm2, lambda m: m["svc"] == "chat", timeout=5)
             got.append(msg["data"]["msg"])
             await asyncio.sleep(0.01)
         await flooding
-        assert got == [f"c{i}" for i in range(100)]
+        assert got == [f"c{i}" for i in range(50)]
         for ws in (calm1, calm2):
-            assert (await request(ws, {"v": 1, "svc": "sys", "type": "ping"}))["type"] == "pong"
+            await send_json(ws, {"v": 1, "svc": "sys", "type": "ping"})
+            await first(ws, lambda m: m["type"] == "pong")
         fates = await asyncio.gather(*readers)
         for ws in members + [calm1, calm2, flooder]:
             await ws.close()
@@ -354,7 +355,13 @@ def test_flood_from_one_node_into_a_room_on_another(nodes, redis_server):
 
     sent, fates = asyncio.run(main())
     assert sent > 1000
-    assert all(state == "open" for _, state in fates), fates          # nobody on b was closed
     assert max(n for n, _ in fates[:-1]) > 100                        # the flood did reach node b
+    # members of the flooded room that could not read as fast (this test's one client
+    # thread reads for all of them) are slow consumers: closed 4005 (1006 when the close
+    # frame cannot get through either, SPEC 14), and counted; the calm room saw nothing
+    closed = [state for _, state in fates[:-1] if state != "open"]
+    assert all(state in (4005, None) for state in closed), fates
+    timeouts = sum(float(ln.rsplit(" ", 1)[1]) for ln in b.metric("wsprism_writer_timeouts_total"))
+    assert timeouts == len(closed)
     text = "\n".join(b.metric("wsprism_broker"))
     assert 'wsprism_broker_link_lost_total{link="subscriber",reason="evicted"} 0.0' in text, text

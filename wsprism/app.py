@@ -117,9 +117,6 @@ def not_yet_supported(config) -> list[str]:
     """Keys the config schema accepts (SPEC section 13) that this release does not act
     on yet: said once at start, so no operator relies on them unknowingly."""
     out = []
-    if config.broker is not None:
-        out.append("broker: sessions and their limits span every node in this build; rooms, "
-                   "presence and room fan-out are still per process")
     for tenant in config.tenants:
         if tenant.policy.history is not None:
             out.append(f'tenant "{tenant.id}": policy.history is not in this release; room '

@@ -18,8 +18,10 @@ briefly (`early_kicks`) and applied when the answer arrives.
 Rooms. A user's first session on this node in a room is admitted by the join script
 (distinct users per room, rooms per tenant, rooms per user; "first anywhere" comes back
 and `user_joined` is published to the other nodes in the same step); the room's channel
-is subscribed before the script is sent and the join completes once Redis confirmed the
-subscription, so whatever is published after the membership is in reaches this node.
+is subscribed (and confirmed by Redis) before the script is sent, so whatever is
+published once the membership is in reaches this node. The script also says which other
+nodes have members in the room, and tells them this one has ('N'); from then on this
+node follows 'N'/'X' on the channel, and publishes nothing to a room no other node is in.
 The session's later messages wait for it (core/dispatcher.py `answer_later`). Further
 sessions of that user join here alone. The last session of a user here leaving runs the
 leave script; its answer says whether the user is now in the room nowhere (then this
@@ -188,11 +190,12 @@ class Cluster:
         pending[key] = pending.get(key, 0) + 1
         try:
             try:
+                # subscribed before the script runs: whatever is published once the
+                # membership is in (frames, other nodes arriving: 'N') reaches this node
+                confirmed = broker.until_subscribed(channel)
+                if confirmed is not None:
+                    await confirmed       # False if the link went: the join then decides locally
                 ok, answer = await broker.join(tenant.id, user, room, tenant.limits, tenant.policy.presence_events)
-                if ok:
-                    confirmed = broker.until_subscribed(channel)
-                    if confirmed is not None:
-                        await confirmed   # False if the link went: cross-node delivery resumes on reconnect
             except (BrokerError, asyncio.TimeoutError):
                 ok = answer = None        # went down meanwhile: this node decides alone
             finally:
@@ -454,6 +457,10 @@ class Cluster:
         for room in {room for room, _ in remote}:
             if room not in rooms:
                 broker.room_size(tid, room, 0)
+        # who else is in each room (until known, this node publishes to all of them)
+        names = list(rooms)
+        for i in range(0, len(names), RESYNC_BATCH):
+            await asyncio.gather(*(broker.refresh_room_nodes(tid, room) for room in names[i:i + RESYNC_BATCH]))
 
     @staticmethod
     def _undo_membership(tenant, room: str, user: str, limit: str) -> None:

@@ -52,10 +52,13 @@ def wait(pred, timeout=5.0):
 
 
 async def until(ws, pred, timeout=3.0) -> dict:
-    """The first message `pred` accepts (others are skipped)."""
+    """The first text message `pred` accepts (others, and binary frames, are skipped)."""
     deadline = time.monotonic() + timeout
     while True:
-        msg = await recv_json(ws, max(0.05, deadline - time.monotonic()))
+        raw = await recv(ws, max(0.05, deadline - time.monotonic()))
+        if isinstance(raw, bytes):
+            continue
+        msg = json.loads(raw)
         if pred(msg):
             return msg
 
@@ -397,6 +400,50 @@ def test_room_names_that_look_like_keys_stay_in_their_room(gateway_factory, redi
         else:                                # braces are not a room name (SPEC 14): refused first
             assert error_of(await request(one, {"v": 1, "svc": "room", "type": "join", "room": room})) == "BAD_REQUEST"
         for ws in (one, two, other):
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_a_room_on_one_node_costs_redis_nothing_per_message(gateway_factory, redis_server):
+    """While no other node has members in a room, its messages are not published at all
+    (room affinity keeps game rooms off Redis); a member arriving on another node gets
+    what is sent after its `joined`, and once it leaves the publishes stop again."""
+    a, b = pair(gateway_factory, redis_server.url, "cr11")
+    sa = a.gw.cluster.broker.stats
+
+    def calls():
+        info = redis_server.cmd("INFO", "commandstats")
+        line = [ln for ln in info.splitlines() if ln.startswith("cmdstat_publish:")]
+        return int(line[0].split("calls=")[1].split(",")[0]) if line else 0
+
+    async def main():
+        p1, _ = await connect_authed(a.url(ticket="dev:p1"))
+        p2, _ = await connect_authed(a.url(ticket="dev:p2"))
+        await join(p1, "game")
+        await join(p2, "game")
+        before, local0 = calls(), sa.local_frames[:]
+        for i in range(20):
+            await p1.send(bytes((1, 1, 0)) + b"f%d" % i)
+            await send_json(p1, chat("game", f"c{i}"))
+        for _ in range(40):
+            await recv(p2)
+        assert calls() == before                                    # nothing went to Redis
+        assert sa.local_frames[0] - local0[0] == 20 and sa.local_frames[1] - local0[1] == 20
+        watcher, _ = await connect_authed(b.url(ticket="dev:w"))
+        await join(watcher, "game")
+        await p1.send(bytes((1, 1, 0)) + b"after")
+        await send_json(p1, chat("game", "after"))
+        assert await recv(watcher) == bytes((1, 1, 0)) + b"after"
+        assert (await recv_json(watcher))["data"]["msg"] == "after"
+        assert await request(watcher, {"v": 1, "svc": "room", "type": "leave", "room": "game"}) == left("game")
+        await asyncio.sleep(0.2)                                    # node a hears 'X'
+        published = sa.published_frames[:]
+        await send_json(p1, chat("game", "alone again"))
+        await until(p2, lambda m: m.get("data", {}).get("msg") == "alone again")
+        await asyncio.sleep(0.05)
+        assert sa.published_frames == published
+        for ws in (p1, p2, watcher):
             await ws.close()
 
     asyncio.run(main())

@@ -4,6 +4,8 @@
 - `wsprism_broker_published_total{lane}` / `wsprism_broker_published_frames_total{lane}`:
   publishes this node sent (a publish packs every frame for one room of one loop turn).
 - `wsprism_broker_received_total{lane}` / `..._frames_total{lane}`: from other nodes.
+- `wsprism_broker_local_frames_total{lane}`: frames for a room no other node had members
+  in, so not published at all (a room kept on one node costs Redis nothing per message).
 - `wsprism_broker_dropped_total{lane,reason}`: frames not sent to other nodes; reason
   `down` (no link) or `backlog` (the link is over its mark; lossy frames only, or
   reliable ones past the hard cap).
@@ -38,7 +40,7 @@ RTT_BUCKETS = (
 
 class BrokerStats:
     __slots__ = (
-        "published", "published_frames", "received", "received_frames", "dropped", "rtt",
+        "published", "published_frames", "received", "received_frames", "local_frames", "dropped", "rtt",
         "link_lost", "reconciliations", "reconciled", "reaped",
     )
 
@@ -47,6 +49,7 @@ class BrokerStats:
         self.published_frames = [0, 0]
         self.received = [0, 0]
         self.received_frames = [0, 0]
+        self.local_frames = [0, 0]         # not published: no other node had members in the room
         self.dropped = {(lane, r): 0 for lane in LANES for r in DROP_REASONS}
         self.rtt = {op: Histogram(RTT_BUCKETS) for op in OPS}
         self.link_lost = {(link, r): 0 for link in LINKS for r in LOSS_REASONS}
@@ -63,11 +66,14 @@ def broker_metrics(broker):
     pubf = CounterMetricFamily("wsprism_broker_published_frames", "Frames published to other nodes", labels=["lane"])
     rcv = CounterMetricFamily("wsprism_broker_received", "Messages received from other nodes", labels=["lane"])
     rcvf = CounterMetricFamily("wsprism_broker_received_frames", "Frames received from other nodes", labels=["lane"])
+    local = CounterMetricFamily("wsprism_broker_local_frames",
+                                "Frames not published: no other node had members in the room", labels=["lane"])
     for i, lane in enumerate(LANES):
         pub.add_metric([lane], s.published[i])
         pubf.add_metric([lane], s.published_frames[i])
         rcv.add_metric([lane], s.received[i])
         rcvf.add_metric([lane], s.received_frames[i])
+        local.add_metric([lane], s.local_frames[i])
     drop = CounterMetricFamily("wsprism_broker_dropped", "Frames not sent to other nodes", labels=["lane", "reason"])
     for (lane, reason), n in s.dropped.items():
         drop.add_metric([lane, reason], n)
@@ -87,4 +93,4 @@ def broker_metrics(broker):
     reaped.add_metric([], s.reaped)
     subs = GaugeMetricFamily("wsprism_broker_subscriptions", "Room channels this node is subscribed to")
     subs.add_metric([], len(broker.subs) + len(broker.lingering))
-    yield from (up, pub, pubf, rcv, rcvf, drop, rtt, lost, rec, items, reaped, subs)
+    yield from (up, pub, pubf, rcv, rcvf, local, drop, rtt, lost, rec, items, reaped, subs)

@@ -45,8 +45,8 @@ from .metrics import LANES, BrokerStats
 from .resp import BrokerError, CommandConnection, open_connection, pack_command, parse_url
 from .scripts import SCRIPTS
 from .wire import (
-    DISCONNECT, FRAMES_HEADER, HEADER, HOT, JOINED, KICK, LEFT, NODE_ID_LEN, PROBE, RELIABLE, TO_USER,
-    control_body, control_message, frames_count,
+    DISCONNECT, FRAMES_HEADER, HEADER, HOT, JOINED, KICK, LEFT, NODE_ID_LEN, NODE_IN, NODE_OUT, PROBE, RELIABLE,
+    TO_USER, control_body, control_message, frames_count,
 )
 
 log = logging.getLogger("wsprism.broker")
@@ -156,6 +156,11 @@ class RedisBroker:
         self._confirm_waiters: dict[bytes, list] = {}
         # this node's session count per room, for the others' `delivered` (flushed per turn)
         self._sizes: dict[tuple[str, str], int] = {}
+        # the other nodes with members in a room (by channel), as of a version; a room
+        # whose set is known and empty gets no publishes. Unknown (absent): publish.
+        self.remote: dict[bytes, set] = {}
+        self.remote_v: dict[bytes, int] = {}
+        self._notices: dict[bytes, list] = {}   # 'N'/'X' that came before the channel's snapshot
         self._to_sub: set = set()
         self._to_unsub: set = set()
         self._subs_scheduled = False
@@ -301,6 +306,9 @@ class RedisBroker:
         self.cmd = self.sub = None
         self.confirmed.clear()
         self._sizes.clear()                 # the re-registration writes them all again
+        self.remote.clear()                 # who else is in a room: unknown until asked again
+        self.remote_v.clear()
+        self._notices.clear()
         waiters, self._confirm_waiters = self._confirm_waiters, {}
         for futs in waiters.values():
             for fut in futs:
@@ -494,8 +502,44 @@ class RedisBroker:
                               1 if events else 0, self.keys.nodes)
         self.stats.rtt["join"].observe(perf_counter() - t0)
         if _s(r[0]) == "ok":
+            if len(r) > 2:                  # this node is new to the room: who else is there
+                self.snapshot(self.keys.room_channel(tenant_id, room), int(r[2]), r[3:])
             return True, bool(r[1])
         return False, _s(r[0])
+
+    async def refresh_room_nodes(self, tenant_id: str, room: str) -> None:
+        """Ask Redis which other nodes have members in `room` (after a reconnect)."""
+        r = await self.script("room_nodes", self.keys.tenant(tenant_id), room, self.node)
+        self.snapshot(self.keys.room_channel(tenant_id, room), int(r[0]), r[1:])
+
+    def snapshot(self, channel: bytes, version: int, others) -> None:
+        """The other nodes in a room as of `version`; notices that came before it and are
+        newer are applied on top."""
+        if channel not in self.subs and channel not in self.lingering:
+            return                          # not subscribed: its notices would not reach us
+        if self.remote_v.get(channel, -1) >= version:
+            return
+        self.remote[channel] = {o if type(o) is bytes else o.encode() for o in others}
+        self.remote_v[channel] = version
+        for kind, node, v in self._notices.pop(channel, ()):
+            self._notice(channel, kind, node, v)
+
+    def _notice(self, channel: bytes, kind: int, node: bytes, version: int) -> None:
+        known = self.remote.get(channel)
+        if known is None:
+            if channel not in self.subs and channel not in self.lingering:
+                return
+            pending = self._notices.setdefault(channel, [])
+            if len(pending) < 1024:
+                pending.append((kind, node, version))
+            return
+        if version <= self.remote_v[channel]:
+            return
+        self.remote_v[channel] = version
+        if kind == NODE_IN:
+            known.add(node)
+        else:
+            known.discard(node)
 
     def leave(self, tenant_id: str, user: str, room: str, events: bool) -> bool:
         """This node's last session of `user` left `room` (answer dropped); False when
@@ -644,6 +688,9 @@ class RedisBroker:
         for ch in expired:
             del self.lingering[ch]
             self.targets.pop(ch, None)
+            self.remote.pop(ch, None)
+            self.remote_v.pop(ch, None)
+            self._notices.pop(ch, None)
             self._to_unsub.add(ch)
         if expired:
             self._schedule_subs()
@@ -660,6 +707,7 @@ class RedisBroker:
             if self._to_sub:
                 sub.change(b"SUBSCRIBE", self._to_sub)
             if self._to_unsub:
+                self.confirmed.difference_update(self._to_unsub)    # going: not ours until confirmed again
                 sub.change(b"UNSUBSCRIBE", self._to_unsub)
         self._to_sub.clear()                 # while down: subscribed again on connect
         self._to_unsub.clear()
@@ -674,6 +722,10 @@ class RedisBroker:
         if self.state == DOWN or cmd is None:
             self.stats.dropped[_HOT_DROP_DOWN if lossy else _EXT_DROP_DOWN] += 1
             return False
+        remote = self.remote.get(channel)
+        if remote is not None and not remote:
+            self.stats.local_frames[1 if lossy else 0] += 1     # nobody else is in the room
+            return True
         if (cmd.paused if lossy else cmd.backlog() > RELIABLE_CAP):
             self.stats.dropped[("hot" if lossy else "ext", "backlog")] += 1
             return False
@@ -743,6 +795,9 @@ class RedisBroker:
                 stats.received[lane] += 1
                 stats.received_frames[lane] += count
                 self.host.on_room_frames(target, data[FRAMES_HEADER:], count, kind == HOT)
+            elif kind == NODE_IN or kind == NODE_OUT:
+                if not data.startswith(self.origin, 1):
+                    self._notice(channel, kind, data[1:HEADER], int(data[HEADER:]))
             elif kind == JOINED or kind == LEFT:
                 if data.startswith(self.origin, 1):
                     return

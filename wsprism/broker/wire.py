@@ -10,14 +10,22 @@ On a room channel (`<p>:{T}:c:<room>`):
     'H' origin count:u32le frames     lossy (Hot Lane)
     'J' origin user                   presence: the user's first session anywhere joined
     'L' origin user                   presence: the user's last session anywhere left
+    'N' origin version                node `origin` has members in the room now
+    'X' origin version                node `origin` has none left
+
+('O', reserved: room messages numbered by one broker step for history, delivered from
+the feed by every node, the origin included, in offset order.)
 
 `frames` are complete WebSocket server frames (header and payload, as a member's socket
 gets them), concatenated: every frame one node sends to one room in one event-loop turn
 travels in one publish, in the order sent (per-sender order holds across nodes), and the
 receiving node queues the whole run for each local member with one call, so it pays
 per member, not per frame. A lossy run a member cannot take (over its high-water mark) is
-dropped whole and counted as `count` drops. 'J' and 'L' are published by the admission
-scripts themselves, inside the same atomic step that changed the membership.
+dropped whole and counted as `count` drops. 'J', 'L', 'N' and 'X' are published by the
+admission scripts themselves, inside the same atomic step that changed the membership.
+'N'/'X' carry the tenant's room-node version (`rnv`): a node applies only those newer
+than what it knows, so it always knows whether another node has members in a room it
+is in, and publishes nothing to a room no other node needs.
 
 On a node channel (`<p>:n:<node>`), control messages with a msgpack body (packed by the
 Lua scripts with cmsgpack, or here with msgspec):
@@ -39,6 +47,8 @@ RELIABLE = ord("R")
 HOT = ord("H")
 JOINED = ord("J")
 LEFT = ord("L")
+NODE_IN = ord("N")
+NODE_OUT = ord("X")
 KICK = ord("K")
 TO_USER = ord("U")
 DISCONNECT = ord("D")

@@ -6,7 +6,8 @@
 -- not count: a user whose node died is never refused because of its own ghost.
 -- ARGV: P, node, user, room, max users per room, max rooms total, max rooms per user,
 --       events (1/0), nodes key
--- -> {'ok', first (1/0)} | {'max_users_per_room' | 'max_rooms_total' | 'max_rooms_per_user'}
+-- -> {'ok', first (1/0)[, version, other nodes in the room...]} (the tail when this node is new
+--    to the room) | {'max_users_per_room' | 'max_rooms_total' | 'max_rooms_per_user'}
 local P, node, user, room = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local max_users, max_rooms, max_user_rooms = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local nodes = ARGV[9]
@@ -33,4 +34,8 @@ if first then
   redis.call('SADD', P .. 'rooms', room)
   if ARGV[8] == '1' then redis.call('PUBLISH', P .. 'c:' .. room, 'J' .. node .. user) end
 end
-return {'ok', first and 1 or 0}
+local out = {'ok', first and 1 or 0}
+if node_enters_room(P, room, node) then
+  for _, x in ipairs(room_nodes(P, room, node)) do out[#out + 1] = x end
+end
+return out

@@ -56,3 +56,33 @@ local function live_rooms(P, nodes, user)
   end
   return live
 end
+
+-- Which nodes have members in a room: rn:<room> counts each node's (room, user) entries.
+-- A node arriving in or leaving a room publishes 'N'/'X' on the room's channel with a
+-- version from the tenant's counter `rnv`, so the others know whether anyone else
+-- needs their publishes (a node alone in a room publishes nothing). -> the version, or
+-- false when the node's presence in the room did not change.
+local function node_enters_room(P, room, node)
+  if redis.call('HINCRBY', P .. 'rn:' .. room, node, 1) ~= 1 then return false end
+  local v = redis.call('INCR', P .. 'rnv')
+  redis.call('PUBLISH', P .. 'c:' .. room, 'N' .. node .. v)
+  return v
+end
+
+local function node_leaves_room(P, room, node)
+  local rn = P .. 'rn:' .. room
+  if redis.call('HINCRBY', rn, node, -1) > 0 then return false end
+  redis.call('HDEL', rn, node)
+  local v = redis.call('INCR', P .. 'rnv')
+  redis.call('PUBLISH', P .. 'c:' .. room, 'X' .. node .. v)
+  return v
+end
+
+-- The other nodes with members in a room, and the version they are as of.
+local function room_nodes(P, room, node)
+  local out = {tonumber(redis.call('GET', P .. 'rnv') or '0')}
+  for _, n in ipairs(redis.call('HKEYS', P .. 'rn:' .. room)) do
+    if n ~= node then out[#out + 1] = n end
+  end
+  return out
+end

@@ -17,6 +17,7 @@ local nm = P .. 'nm:' .. dead
 for _, e in ipairs(redis.call('SPOP', nm, chunk)) do
   local room, user = split(e)
   redis.call('HDEL', P .. 'rs:' .. room, dead)
+  node_leaves_room(P, room, dead)
   if drop_member(P, room, user) and ARGV[5] == '1' then
     redis.call('PUBLISH', P .. 'c:' .. room, 'L' .. dead .. user)
   end

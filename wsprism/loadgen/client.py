@@ -72,10 +72,12 @@ class WorkerSpec:
     rooms: int = 1  # chat/hot: members spread over this many rooms (room<k>, k = id % rooms)
     nodes: int = 1  # gateway nodes in `urls` ("|"-separated): senders on node 0, the others spread
     all_senders: frozenset = frozenset()  # global ids of every sender (which node a connection is on)
+    spread: bool = False  # senders spread over the nodes like everyone else
 
     def node_of(self, uid: int) -> int:
-        """Senders on node 0; the other members of each room spread over the nodes."""
-        if self.nodes == 1 or uid in self.all_senders:
+        """Senders on node 0 (unless `spread`); the other members of each room spread over
+        the nodes."""
+        if self.nodes == 1 or (uid in self.all_senders and not self.spread):
             return 0
         return (uid // self.rooms) % self.nodes
 

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--rooms", type=int, default=1,
                       help="chat/hot: spread the connections over this many rooms (<room><k>, k = "
                            "connection number modulo rooms; default 1)")
+    load.add_argument("--spread", action="store_true",
+                      help="with --nodes: senders spread over the nodes like the other members (default: "
+                           "all on node 0, so a room of senders only is kept on one node: room affinity)")
     timing = ap.add_argument_group("timing")
     timing.add_argument("--duration", type=float, default=5.0, help="measured window, s (default 5)")
     timing.add_argument("--warmup", type=float, default=1.0, help="traffic before the window, s (default 1)")
@@ -181,7 +184,7 @@ def build_cases(args) -> list[Case]:
                     scenario=scen, conns=conns, procs=args.procs, rate=rate, inflight=inflight,
                     senders=min(args.senders, conns), size=args.size, duration=args.duration,
                     warmup=args.warmup, drain=args.drain, connect_timeout=args.connect_timeout,
-                    opcode=args.opcode, room=args.room, svc_id=args.svc_id, rooms=args.rooms,
+                    opcode=args.opcode, room=args.room, svc_id=args.svc_id, rooms=args.rooms, spread=args.spread,
                 ))
     return cases
 

@@ -48,6 +48,7 @@ class Case:
     connect_timeout: float = 5.0
     svc_id: int = 1
     rooms: int = 1
+    spread: bool = False
 
     def key(self) -> str:
         s = self.scenario
@@ -61,6 +62,8 @@ class Case:
             return f"ping conns={self.conns} {load}"
         svc = f" svc_id={self.svc_id}" if s == "hot" and self.svc_id != 1 else ""
         where = f"room={self.conns}" if self.rooms == 1 else f"rooms={self.rooms}x{self.conns // self.rooms}"
+        if self.spread:
+            where += " spread"
         return f"{s} {where} senders={self.senders} rate={self.rate:g}/s size={self.size}{svc}"
 
     def params(self) -> dict:
@@ -202,6 +205,7 @@ class _Run:
                 rate=case.rate, inflight=case.inflight, size=case.size, room=case.room, opcode=case.opcode,
                 svc_id=case.svc_id, connect_timeout=case.connect_timeout, drain=case.drain, index=idx,
                 rooms=case.rooms, nodes=getattr(target, "count", 1), all_senders=frozenset(senders),
+                spread=case.spread,
             )
             parent, child = ctx.Pipe()
             p = ctx.Process(target=worker_main, args=(spec, child, setup_timeout), daemon=True)

@@ -40,6 +40,7 @@ def test_a_reconnecting_tab_recovers_what_it_missed_once_each(pages):
         assert msgs(alice) == [["m1", 1, epoch], ["m2", 2, epoch], ["m3", 3, epoch], ["m4", 4, epoch]]
         # a restart loses the in-memory history: a new epoch, recovered false, refetch state
         g.restart()
+        alice.wait_for_function("c.state === 'reconnecting'")     # the drain's 1001 reached the page
         alice.evaluate("window.dispatchEvent(new Event('online'))")
         alice.wait_for_function("c.events('joined').length === 3", timeout=10000)
         again = alice.evaluate("c.events('joined')[2]")

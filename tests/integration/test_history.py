@@ -39,6 +39,8 @@ tenants:
   - id: big
     limits: {{max_frame_bytes: 65536}}
     policy: {{{ALLOW}, {FAST}, history: {{size: 5000, ttl_ms: 60000}}}}
+  - id: bigpres
+    policy: {{{ALLOW}, presence_events: true, history: {{size: 5000, ttl_ms: 60000}}}}
   - id: short
     limits: {{max_rooms_total: 1}}
     policy: {{{ALLOW}, history: {{size: 10, ttl_ms: 1000}}}}
@@ -476,6 +478,33 @@ def test_chat_during_a_replay_arrives_in_offset_order(g):
     assert [m["offset"] for m in chats] == list(range(1, 3002))
     assert chats[-1]["data"] == {"from": "own", "msg": "mine"}
     assert texts[-1]["type"] == "joined" and texts[-1]["data"]["offset"] == 3001
+
+
+def test_presence_around_a_long_replay(g):
+    """A joining session enters the room for presence when its replay is over: a leave
+    during the replay tells nobody anything; a finished replay announces user_joined."""
+    publish(g, "bigpres", "bp", 3000, size=200)
+    epoch = g.call(lambda: g.tenant("bigpres").history.position("bp"))[1]
+    since = {"offset": 0, "epoch": epoch}
+
+    async def main():
+        w, _ = await connect_authed(g.url("bigpres", "dev:watcher"))
+        await joined_now(w, "bp")
+        assert (await recv_json(w))["data"] == {"user": "watcher"}
+        s = raw_upgrade(g.port, "tenant=bigpres&ticket=dev:gone")
+        s.sendall(mask_frame(1, json.dumps(join_msg("bp", since)).encode())
+                  + mask_frame(1, b'{"v":1,"svc":"room","type":"leave","room":"bp"}'))
+        await expect_silence(w, 0.5)
+        s.close()
+        j, _ = await connect_authed(g.url("bigpres", "dev:late"), max_queue=None)
+        before, joined = await joined_now(j, "bp", since)
+        assert len(before) == 3000 and joined["data"]["recovered"] is True
+        assert await recv_json(j) == {"v": 1, "svc": "room", "type": "user_joined", "room": "bp", "data": {"user": "late"}}
+        assert await recv_json(w) == {"v": 1, "svc": "room", "type": "user_joined", "room": "bp", "data": {"user": "late"}}
+        await j.close()
+        assert (await recv_json(w))["type"] == "user_left"
+        await w.close()
+    run(main())
 
 
 # -- restart and reload -----------------------------------------------------------------------

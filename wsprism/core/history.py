@@ -71,6 +71,7 @@ the session live. No message is missed, none is sent twice, and order is by offs
 """
 from array import array
 from collections import OrderedDict
+from itertools import accumulate
 from secrets import token_urlsafe
 from time import monotonic
 from typing import Annotated, Protocol
@@ -350,18 +351,24 @@ class Replay:
             self.next = first
             if self.outcome == RECOVERED:
                 self.outcome = TRIMMED
-        out = []
-        nbytes = 0
-        offset, top = self.next, rec.top
-        while offset <= top:
-            frame = rec.frame_at(offset)
-            out.append(frame)
-            nbytes += len(frame)
-            offset += 1
-            if nbytes >= max_bytes:
-                break
-        self.next = offset
+        top = rec.top
         self.top = top
+        n = top - self.next + 1
+        if n <= 0:
+            return []
+        frames = rec.frames             # the ring: slices of it, not a call per frame
+        cap = len(frames)
+        i = rec.head + self.next - first
+        if i >= cap:
+            i -= cap
+        j = i + n
+        out = frames[i:j] if j <= cap else frames[i:] + frames[:j - cap]
+        if sum(map(len, out)) > max_bytes:
+            for k, nbytes in enumerate(accumulate(map(len, out))):
+                if nbytes >= max_bytes:
+                    del out[k + 1:]
+                    break
+        self.next += len(out)
         self.store.replayed += len(out)
         return out
 

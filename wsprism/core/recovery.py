@@ -39,12 +39,12 @@ class JoinRun:
     __slots__ = ("tenant", "store", "session", "room", "cursor", "answers", "announce",
                  "one", "chunk", "loop", "deadline", "handle")
 
-    def __init__(self, tenant, store, session, room: str, cursor, answer) -> None:
+    def __init__(self, tenant, store, session, room: str, answer) -> None:
         self.tenant = tenant
         self.store = store              # the tenant's history when the join began
         self.session = session
         self.room = room
-        self.cursor = cursor
+        self.cursor = None              # set by start, once the session holds its place in the room
         self.answers = [answer]         # one per join waiting for this replay (re-joins add theirs)
         self.announce = False           # the user's first session in the room: user_joined when live
         self.one = (session,)
@@ -53,6 +53,10 @@ class JoinRun:
         self.loop = asyncio.get_running_loop()
         self.deadline = self.loop.time() + tenant.writer_send_timeout
         self.handle = None
+
+    def start(self, cursor, announce: bool) -> None:
+        self.cursor = cursor
+        self.announce = announce
 
     def step(self) -> bool:
         """Queue the next chunk if the socket took the last one. True when the replay is
@@ -74,9 +78,9 @@ class JoinRun:
             self.handle = loop.call_later(POLL, self.step)
             return False
         cursor = self.cursor
-        one = self.one
-        for frame in cursor.take(self.chunk):
-            broadcast(one, frame, False)
+        frames = cursor.take(self.chunk)
+        if frames:                              # one write of the chunk (a copy of ≤ ~64 KiB)
+            broadcast(self.one, frames[0] if len(frames) == 1 else b"".join(frames), False)
         if cursor.done:
             tenant.went_live(self)
             return True
@@ -89,6 +93,7 @@ class JoinRun:
         if self.handle is not None:
             self.handle.cancel()
             self.handle = None
-        self.cursor.abort()
+        if self.cursor is not None:
+            self.cursor.abort()
         for answer in self.answers:
             answer.fail(codes.BAD_REQUEST, "left the room before its join completed")

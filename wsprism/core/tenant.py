@@ -158,21 +158,23 @@ class Tenant:
                 answer(self._rejoin_position(room, since))
                 return True
         history = self.history
-        if history is None or since is None:
-            first_of_user = rooms.join(session, room)
-            if history is None:
-                answer(None)
-            else:
-                if r is None:
-                    history.occupied(room)
-                answer((*history.position(room), None))
-            self._entered(session, room, first_of_user)
-            return True
-        run = JoinRun(self, history, session, room, history.replay(room, since), answer)
-        run.announce = rooms.join(session, room, pending=run)     # RoomError: nothing counted
-        if r is None:
+        run = JoinRun(self, history, session, room, answer) if history is not None and since is not None else None
+        first_of_user = rooms.join(session, room, pending=run)     # RoomError: nothing counted
+        if r is None and history is not None:
             history.occupied(room)
-        return run.step()
+        return self._admitted(session, room, since, answer, first_of_user, run)
+
+    def _admitted(self, session, room: str, since, answer: JoinAnswer, first_of_user: bool, run) -> bool:
+        """The session holds its place in the room: live, or joining (`run`) when it has
+        a replay to receive. Replay from since+1, then live, `joined`, hooks and
+        `user_joined`. A broker's admission (scale-out) sits between `rooms.join` and this."""
+        if run is not None:
+            run.start(run.store.replay(room, since), first_of_user)
+            return run.step()
+        history = self.history
+        answer(None if history is None else (*history.position(room), None))
+        self._entered(session, room, first_of_user)
+        return True
 
     def went_live(self, run: JoinRun, reset: bool = False) -> None:
         """A joining session's replay is over (recovery.py, in the turn of its last chunk):

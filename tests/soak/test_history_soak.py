@@ -20,18 +20,14 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import websockets
 
 from tests.client import connect, recv_json, send_json
+from tests.soak.test_soak import GatewayProcess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESSAGES = int(os.environ.get("WSPRISM_HSOAK_MESSAGES", "10000"))
 RATE = float(os.environ.get("WSPRISM_HSOAK_RATE", "500"))
 DROPS = int(os.environ.get("WSPRISM_HSOAK_DROPS", "50"))
@@ -41,7 +37,7 @@ PER_ROOM = 5
 YAML = """
 version: 1
 gateway:
-  listen: "127.0.0.1:{port}"
+  listen: "127.0.0.1:PORT"
   drain_grace_ms: 200
 tenants:
   - id: soak
@@ -49,50 +45,26 @@ tenants:
       ext_allowlist: ["room:*", "chat:send", "sys:*"]
       rate_limit_rps: 100000
       rate_limit_burst: 100000
-      history: {{size: 200, ttl_ms: 60000}}
+      history: {size: 200, ttl_ms: 60000}
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gateway:
-    """`python -m wsprism start` on a fixed port, restartable."""
+class Gateway(GatewayProcess):
+    """The soak's gateway process, restartable on the same port (a new process, a new log)."""
 
     def __init__(self, tmp_path) -> None:
-        self.port = free_port()
-        self.cfg = tmp_path / "wsprism.yaml"
-        self.cfg.write_text(YAML.format(port=self.port))
-        self.log = tmp_path / "gateway.log"
-        self.p = None
-        self.start()
+        super().__init__(tmp_path, YAML)
+        self.tmp_path = tmp_path
+        self.restarts = 0
 
-    def start(self) -> None:
-        log = open(self.log, "a")
-        self.p = subprocess.Popen([sys.executable, "-m", "wsprism", "start", "--config", str(self.cfg)],
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        log.close()
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                assert self.p.poll() is None and time.monotonic() < deadline, self.log.read_text()[-2000:]
-                time.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(20)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
-        return self.p.returncode
+    def restart(self) -> None:
+        self.stop()
+        self.restarts += 1
+        where = self.tmp_path / f"restart{self.restarts}"
+        where.mkdir()
+        port = self.port
+        GatewayProcess.__init__(self, where, (self.tmp_path / "wsprism.yaml").read_text())   # the same port
+        self.port = port
 
     def url(self, user: str) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/ws?tenant=soak&ticket=dev:{user}&sid={user}"
@@ -249,8 +221,7 @@ def test_recovery_soak(tmp_path):
             random.choice(receivers).drop_now.set()
             if not restarted and time.monotonic() - t0 >= restart_at:
                 restarted = True
-                await asyncio.to_thread(gw.stop)
-                await asyncio.to_thread(gw.start)
+                await asyncio.to_thread(gw.restart)
             for t in tasks:
                 if t.done():
                     t.result()

@@ -191,9 +191,16 @@ class Cursor(Protocol):
 
 class Store(Protocol):
     """One tenant's room history as core/tenant.py uses it. `HistoryStore` keeps it in
-    process memory; a Redis store (streams, with a broker) implements the same calls.
-    The numbers the metrics read: `nbytes`, `count`, `rooms` (len), `outcomes`,
-    `replayed`."""
+    process memory; a Redis store (streams, with a broker) is to implement the same
+    calls. The numbers the metrics read: `nbytes`, `count`, `rooms` (len), `outcomes`,
+    `replayed`.
+
+    What a Redis store changes (the module docstring's last part): the offset comes
+    from Redis, so `publish` cannot return the frame; the frame reaches local members
+    from the broker feed, in offset order, own publishes included. `position`, `replay`
+    and `read` need a round trip (a join with history is then answered later, as a
+    long replay already is), and a cursor's `take` may have nothing yet without being
+    done (it must then wake its JoinRun instead of being polled)."""
 
     def configure(self, size: int, ttl_ms: int) -> None:
         """New limits (reload)."""

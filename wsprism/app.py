@@ -89,6 +89,7 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
             loop.add_signal_handler(sig, on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
     sweeper = loop.create_task(liveness.run(gateway))
+    history_sweeper = loop.create_task(gateway.sweep_history())
     snapshots = collector = None
     if worker is not None:
         gateway.metrics_registry, collector = hostmetrics.host_registry(
@@ -106,6 +107,7 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
     await gateway.stop_services()
     await gateway.http.close()
     sweeper.cancel()
+    history_sweeper.cancel()
     if snapshots is not None:
         snapshots.cancel()
         hostmetrics.write_snapshot(collector)       # the final counters, for the supervisor
@@ -114,13 +116,16 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
 
 
 def not_yet_supported(config) -> list[str]:
-    """Keys the config schema accepts (SPEC section 13) that this release does not act
-    on yet: said once at start, so no operator relies on them unknowingly."""
+    """What this release does not do yet with what the config asks: said once at start,
+    so no operator relies on it unknowingly."""
     out = []
-    for tenant in config.tenants:
-        if tenant.policy.history is not None:
-            out.append(f'tenant "{tenant.id}": policy.history is not in this release; room '
-                       "messages carry no offset/epoch and joins ignore `since`")
+    if config.broker is not None:
+        for tenant in config.tenants:
+            if tenant.policy.history is not None:
+                out.append(f'tenant "{tenant.id}": policy.history with a broker is per node in this '
+                           "release: each node numbers and keeps the messages published on it; "
+                           "messages from other nodes are delivered live, not kept, and carry "
+                           "their node's offsets")
     return out
 
 

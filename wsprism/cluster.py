@@ -49,11 +49,18 @@ from ._fast import Counter, broadcast
 from .broker import BrokerError, RedisBroker
 from .broker.wire import DISCONNECT, TO_USER
 from .core import codes
+from .core.dispatcher import hold, release
 from .core.envelope import encode_message, encode_sys
 from .core.rooms import RoomError
-from .core.session import OPEN, PENDING
+from .core.session import OPEN, PENDING, about
 
 log = logging.getLogger("wsprism.cluster")
+
+
+def _settled(answer) -> None:
+    """A reply nobody needs: read its outcome so asyncio does not log it as lost."""
+    if not answer.cancelled():
+        answer.exception()
 
 EARLY_KICK_TTL = 5.0          # seconds a kick for a not-yet-answered admission is kept
 RESYNC_BATCH = 500            # admissions in flight at once while re-registering
@@ -177,10 +184,27 @@ class Cluster:
         return True
 
     # -- rooms --------------------------------------------------------------------------
-    async def join(self, session, room: str) -> bool:
-        """Redis admits this node's first session of a user into `room` (the tenant enters
-        it here once it has): -> "first anywhere"; RoomError when a limit refuses."""
+    def join(self, session, room: str, since, answer) -> None:
+        """Redis admits this node's first session of a user into `room`: the session's
+        next messages are held until then; admitted, the tenant enters it (`enter`:
+        history's replay, `joined`, hooks), refused, `answer.fail` with the limit."""
+        hold(session)
+        self._spawn(self._join(session, room, since, answer))
+
+    async def _join(self, session, room: str, since, answer) -> None:
         tenant = session.tenant
+        try:
+            await self._join_steps(session, tenant, room, since, answer)
+        except RoomError as exc:
+            tenant.stats.service_errors_ext += 1
+            answer.fail(exc.code, exc.msg)
+        except Exception:                 # a bug must not leave the session's messages held
+            log.exception("room join through the broker failed", extra=about(session, room=room, code=codes.INTERNAL))
+            answer.fail(codes.INTERNAL, "internal error")
+        finally:
+            release(session)
+
+    async def _join_steps(self, session, tenant, room: str, since, answer) -> None:
         user = session.user
         broker = self.broker
         key = (tenant.id, room, user)
@@ -195,9 +219,9 @@ class Cluster:
                 confirmed = broker.until_subscribed(channel)
                 if confirmed is not None:
                     await confirmed       # False if the link went: the join then decides locally
-                ok, answer = await broker.join(tenant.id, user, room, tenant.limits, tenant.policy.presence_events)
+                ok, answer_ = await broker.join(tenant.id, user, room, tenant.limits, tenant.policy.presence_events)
             except (BrokerError, asyncio.TimeoutError):
-                ok = answer = None        # went down meanwhile: this node decides alone
+                ok = answer_ = None       # went down meanwhile: this node decides alone
             finally:
                 n = pending[key] - 1
                 if n:
@@ -207,17 +231,17 @@ class Cluster:
             if session.state != OPEN or not session.registered or self.tenants.get(tenant.id) is not tenant:
                 if ok:
                     self._leave_if_gone(tenant, room, user)
-                return False
+                return
             if ok is None:
-                return tenant.enter(session, room)
+                tenant.enter(session, room, since, answer)
+                return
             if not ok:
-                raise RoomError(codes.RESOURCE_EXHAUSTED, f"{answer} reached")
+                raise RoomError(codes.RESOURCE_EXHAUSTED, f"{answer_} reached")
             try:
-                tenant.enter(session, room)
+                tenant.enter(session, room, since, answer, first=answer_)
             except RoomError:
                 self._leave_if_gone(tenant, room, user)
                 raise
-            return answer
         finally:
             broker.release(channel)       # the room holds its own retain once entered
 
@@ -229,19 +253,20 @@ class Cluster:
         if room.channel is None:
             room.channel = broker.room_channel(tenant.id, room.name)
             broker.retain(room.channel, (tenant.id, room.name))
-        broker.room_size(tenant.id, room.name, len(room.members))
+        broker.room_size(tenant.id, room.name, len(room.members) + len(room.joining))
         if first_of_user and not broker.up:
             self.local_members[(tenant.id, room.name, session.user)] = next(self._order)
             self.changes += 1
 
-    def left(self, session, room, gone_here: bool) -> None:
+    def left(self, session, room, gone_here: bool, announce: bool) -> None:
         """A session left `room` (a Room) on this node; `gone_here`: its user has no
-        other session in it here."""
+        other session in it here; `announce`: this node's members had heard of it (a
+        session still in its replay had not entered)."""
         tenant = session.tenant
         broker = self.broker
         name = room.name
-        broker.room_size(tenant.id, name, len(room.members))
-        if not room.members and room.channel is not None:
+        broker.room_size(tenant.id, name, len(room.members) + len(room.joining))
+        if room.empty and room.channel is not None:
             broker.release(room.channel)
             room.channel = None
         if not gone_here:
@@ -251,12 +276,18 @@ class Cluster:
         answer = broker.leave_answered(tenant.id, user, name, tenant.policy.presence_events)
         if answer is None:                  # down: this node decides who hears of it
             self.changes += 1
-            tenant.announce(name, "user_left", user)
+            if announce:
+                tenant.announce(name, "user_left", user)
             return
-        answer.add_done_callback(partial(self._left, tenant, name, user))
+        if announce:
+            answer.add_done_callback(partial(self._left, tenant, name, user))
+        else:
+            answer.add_done_callback(_settled)
 
     @staticmethod
     def _left(tenant, room: str, user: str, answer) -> None:
+        """The leave script answered: this node's members hear `user_left` when the user
+        is now in the room on no node."""
         if answer.cancelled() or answer.exception() is not None:
             return                          # the link went: the resync settles it
         # 2: in the room on no node now; 0: Redis never had it (joined during an outage)
@@ -471,7 +502,7 @@ class Cluster:
             return
         msg = f"{limit} reached: left the room (joined while the broker was away)"
         left = encode_sys("left", room)
-        for session in [s for s in r.members if s.user == user]:
+        for session in [s for s in (*r.members, *r.joining) if s.user == user]:
             session.send_error(codes.RESOURCE_EXHAUSTED, msg)
             tenant.leave(session, room)
             session.send(left)

@@ -24,6 +24,7 @@ from .backend.metrics import backend_metrics
 from .broker.metrics import broker_metrics
 from .cluster import Cluster
 from .core import codes
+from .core.history import SWEEP_BATCH
 from .core.session import Session
 from .core.stats import TenantStats
 from .lifecycle import Lifecycle
@@ -33,6 +34,8 @@ from .policy.defender import Defender
 from .transport.handshake import Router
 
 log = logging.getLogger("wsprism.gateway")
+
+HISTORY_SWEEP_INTERVAL = 1.0    # seconds: a history record expires at most this late
 
 
 class StartupError(Exception):
@@ -118,6 +121,16 @@ class Gateway:
         yield from backend_metrics(self)
         if self.cluster is not None:
             yield from broker_metrics(self.cluster.broker)
+
+    # -- history -----------------------------------------------------------------------
+    async def sweep_history(self, interval: float = HISTORY_SWEEP_INTERVAL) -> None:
+        """Expire the tenants' history records that are due (SPEC 13: kept until ttl_ms
+        after their last activity), at most SWEEP_BATCH records per loop turn."""
+        while True:
+            await asyncio.sleep(interval)
+            for tenant in list(self.tenants.values()):
+                while tenant.history is not None and tenant.history.sweep(SWEEP_BATCH):
+                    await asyncio.sleep(0)
 
     # -- Python services ---------------------------------------------------------------
     async def start_services(self) -> None:

@@ -165,8 +165,9 @@ def test_a_chat_sent_right_after_a_join_waits_for_it(gateway_factory, redis_serv
         await send_json(alice, {"v": 1, "svc": "sys", "type": "ping", "seq": 3})
         got = [await recv_json(alice) for _ in range(6)]
         assert got[0] == joined("fast")
-        assert got[1]["type"] == "user_joined" and got[1]["data"] == {"user": "alice"}
-        assert got[2] == {"v": 1, "svc": "sys", "type": "ack", "seq": 1}
+        # answered later: its ack with `joined`, then the room hears of alice
+        assert got[1] == {"v": 1, "svc": "sys", "type": "ack", "seq": 1}
+        assert got[2]["type"] == "user_joined" and got[2]["data"] == {"user": "alice"}
         assert got[3]["svc"] == "chat" and got[3]["data"] == {"from": "alice", "msg": "right away"}
         assert got[4] == {"v": 1, "svc": "sys", "type": "ack", "seq": 2}
         assert got[5]["type"] == "pong"
@@ -444,6 +445,35 @@ def test_a_room_on_one_node_costs_redis_nothing_per_message(gateway_factory, red
         await asyncio.sleep(0.05)
         assert sa.published_frames == published
         for ws in (p1, p2, watcher):
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_both_lanes_keep_the_senders_order_across_nodes(gateway_factory, redis_server):
+    """Chat and Hot Lane frames sent one after the other in one burst reach a member on
+    the other node in the order sent (the packs keep runs of one lane in order)."""
+    a, b = pair(gateway_factory, redis_server.url, "cr12")
+
+    async def main():
+        sender, _ = await connect_authed(a.url(ticket="dev:s"))
+        peer, _ = await connect_authed(b.url(ticket="dev:p"))
+        await join(peer, "mix")
+        await join(sender, "mix")
+        expected = []
+        for i in range(30):
+            if i % 3 == 2:
+                await send_json(sender, chat("mix", f"c{i}"))
+                expected.append(f"c{i}")
+            else:
+                await sender.send(bytes((1, 1, 0)) + b"h%d" % i)
+                expected.append(f"h{i}")
+        got = []
+        for _ in range(30):
+            raw = await recv(peer)
+            got.append(raw[3:].decode() if isinstance(raw, bytes) else json.loads(raw)["data"]["msg"])
+        assert got == expected
+        for ws in (sender, peer):
             await ws.close()
 
     asyncio.run(main())

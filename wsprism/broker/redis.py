@@ -164,8 +164,9 @@ class RedisBroker:
         self._to_sub: set = set()
         self._to_unsub: set = set()
         self._subs_scheduled = False
-        # frames for other nodes, per lane (0 reliable, 1 hot): channel -> frame | [frames]
-        self._packs: list[dict] = [{}, {}]
+        # frames for other nodes this turn: channel -> [lane, frame | [frames], lane, ...]
+        # (runs of one lane, 0 reliable or 1 hot, in the order sent)
+        self._packs: dict[bytes, list] = {}
         self._packs_scheduled = False
         self._loop = None
         self._task: asyncio.Task | None = None
@@ -314,11 +315,11 @@ class RedisBroker:
             for fut in futs:
                 if not fut.done():
                     fut.set_result(False)
-        for lane, packs in enumerate(self._packs):
-            if packs:
-                self.stats.dropped[(LANES[lane], "down")] += sum(
-                    1 if type(v) is bytes else len(v) for v in packs.values())
-                packs.clear()
+        packs, self._packs = self._packs, {}
+        for runs in packs.values():
+            for i in range(0, len(runs), 2):
+                cur = runs[i + 1]
+                self.stats.dropped[(LANES[runs[i]], "down")] += 1 if type(cur) is bytes else len(cur)
         if self._closing:
             return
         if not self._started_once and self._down_at is None:
@@ -715,7 +716,8 @@ class RedisBroker:
     # -- publishing ---------------------------------------------------------------------
     def publish(self, channel: bytes, frame: bytes, lossy: bool) -> bool:
         """Queue a built WebSocket frame for the other nodes with members in the room.
-        Every frame for one room in one loop turn goes out in one PUBLISH. Lossy frames
+        Every frame for one room in one loop turn goes out in one PUBLISH (one per run of
+        one lane, so frames of both lanes keep the order they were sent in). Lossy frames
         are dropped (False, counted) when the link is down or over its mark; reliable
         ones when down or past the hard cap."""
         cmd = self.cmd
@@ -729,17 +731,22 @@ class RedisBroker:
         if (cmd.paused if lossy else cmd.backlog() > RELIABLE_CAP):
             self.stats.dropped[("hot" if lossy else "ext", "backlog")] += 1
             return False
-        packs = self._packs[1 if lossy else 0]
-        cur = packs.get(channel)
-        if cur is None:
-            packs[channel] = frame
+        lane = 1 if lossy else 0
+        runs = self._packs.get(channel)
+        if runs is None:
+            self._packs[channel] = [lane, frame]
             if not self._packs_scheduled:
                 self._packs_scheduled = True
                 self._loop.call_soon(self._flush_packs)
-        elif type(cur) is bytes:
-            packs[channel] = [cur, frame]
+        elif runs[-2] != lane:              # the other lane: a new run keeps the sender's order
+            runs.append(lane)
+            runs.append(frame)
         else:
-            cur.append(frame)
+            cur = runs[-1]
+            if type(cur) is bytes:
+                runs[-1] = [cur, frame]
+            else:
+                cur.append(frame)
         return True
 
     def _flush_packs(self) -> None:
@@ -757,20 +764,17 @@ class RedisBroker:
                     cmd.send("HDEL", keys.room_sizes(tenant_id, room), node)
         stats = self.stats
         origin = self.origin
-        for lane in (0, 1):
-            packs = self._packs[lane]
-            if not packs:
-                continue
-            self._packs[lane] = {}
-            kind = HOT if lane else RELIABLE
-            for channel, cur in packs.items():
+        packs, self._packs = self._packs, {}
+        for channel, runs in packs.items():
+            for i in range(0, len(runs), 2):
+                lane, cur = runs[i], runs[i + 1]
                 if type(cur) is bytes:
                     n, body = 1, cur
                 else:
                     n, body = len(cur), b"".join(cur)
                 # RESP by hand for this one command, so the batch is copied once (into
                 # the link's write), not three times
-                head = bytes((kind,)) + origin + n.to_bytes(4, "little")
+                head = bytes((HOT if lane else RELIABLE,)) + origin + n.to_bytes(4, "little")
                 cmd.send_packed(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b"
                                 % (len(channel), channel, len(head) + len(body), head), 1)
                 cmd.write(body)

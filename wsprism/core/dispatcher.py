@@ -136,12 +136,17 @@ def ack(session, env) -> None:
         session.send(encode_ack(env.seq))
 
 
+def hold(session) -> None:
+    """The session's next messages wait (in order) until `release`."""
+    if session.held is None:
+        session.held = deque()
+
+
 def answer_later(session, env, awaitable: Awaitable, reply: Callable, *args) -> object:
     """Hold the session's later messages; once `awaitable` is done, `reply(session, env,
     result, *args)` and the ack (or a `sys.error`, if either raised ServiceError), then
     handle what was held, in order. Returns DEFERRED (for the handler to return)."""
-    if session.held is None:
-        session.held = deque()
+    hold(session)
     task = asyncio.get_running_loop().create_task(_answer(session, env, awaitable, reply, args))
     _answering.add(task)
     task.add_done_callback(_answering.discard)

@@ -6,17 +6,28 @@ services' `gw.publish`, webhook answers' `publish` entries, the server API) or
 `publish_hot` (lossy: `gw.publish_hot`); every membership change through `admit`,
 `remove`, `join` and `leave`. These are the seams a broker wraps for scale-out
 (SPEC 11: fan-out, presence and exact limits across nodes; `cluster`, below) and where
-history numbers room messages (SPEC 13: `offset`/`epoch` given at `publish`). The Hot
-Lane relay (svc 1) fans out inside the compiled framer, straight to the active room's
-members; with a broker, the lane's `relay_tap` hands each relayed frame to the cluster.
+history numbers room messages (SPEC 13). The Hot Lane relay (svc 1) fans out inside the
+compiled framer, straight to the active room's members; with a broker, the lane's
+`relay_tap` hands each relayed frame to the cluster.
+
+With `policy.history` the tenant holds a history store (core/history.py `Store`):
+
+    publish  = encode once -> the store gives the offset and keeps the frame -> fan-out
+               to the live members (a broker publish comes after the local fan-out)
+    join     = admit the membership (limits) -> with `since`, replay from since+1
+               (core/recovery.py; the session is joining, not live, meanwhile) ->
+               live -> `joined` with the room's position -> hooks and `user_joined`
+
+Presence events and Hot Lane frames never go through the store.
 
 With a broker (`cluster` set), every call still answers at once from this node's
 tables and delivers here at once; the cluster carries publishes to the other nodes
 (packed per room per loop turn, never awaited) and asks Redis where a limit must be
 exact across nodes: an admission (`admit` answers None, the cluster opens or refuses
-the session later) and a user's first session on this node in a room (`join` answers
-an awaitable). The server API's `*_counted`, `presence_everywhere` and `totals` await
-Redis for figures over every node.
+the session later) and a user's first session on this node in a room (`join` hands it
+to the cluster, which calls `enter` once Redis admitted it: between the limits and the
+replay). The server API's `*_counted`, `presence_everywhere` and `totals` await Redis
+for figures over every node.
 
 The tenant is assembled beside the gateway (wsprism/assembly.py), which fills in what
 the core is handed: the lane policy's entries, the dispatcher's handler table, the
@@ -24,14 +35,15 @@ admission rule, the membership listeners (Python services' hooks), and what serv
 reach through their tenant (`auth`, `http`). The core imports nothing from policy,
 ops or services.
 """
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
 from .._fast import OP_BINARY, OP_TEXT, OPEN, Counter, LanePolicy, broadcast, build_frame
 from . import codes
-from .envelope import encode_message, encode_sys
+from .envelope import encode_message, encode_room_parts, encode_sys
+from .recovery import JoinRun
 from .registry import SessionRegistry
 from .rooms import PRESENCE_USERS_CAP, RoomTable
 from .stats import TenantStats
@@ -45,6 +57,15 @@ _UNSET = msgspec.UNSET
 class Presence(NamedTuple):
     count: int            # distinct users in the room (exact)
     users: list[str]      # up to the limit asked for, in join order
+
+
+class JoinAnswer(Protocol):
+    """How a join is answered (wsprism/services/room.py): called once the session is
+    live in the room, with the room's position, `None` without history, else
+    (offset, epoch, recovered: bool, or None for a join without `since`)."""
+
+    def __call__(self, position: tuple[int, str, bool | None] | None) -> None: ...
+    def fail(self, code: str, msg: str) -> None: ...
 
 
 class MembershipListener(Protocol):
@@ -69,7 +90,7 @@ class ClusterSeam(Protocol):
     def admit(self, session) -> bool: ...             # True: Redis decides, then opens or refuses it
     def admitted_locally(self, session) -> None: ...  # admitted on this node's counts (broker down)
     def session_gone(self, session) -> None: ...
-    def join(self, session, room: str) -> Awaitable[bool]: ...     # Redis admits it for every node
+    def join(self, session, room: str, since, answer) -> None: ...  # Redis admits it, then tenant.enter
     def entered(self, session, room, first_of_user: bool) -> None: ...
     def left(self, session, room, gone_here: bool) -> None: ...
     def publish(self, tenant, name: str, room, frame: bytes, lossy: bool) -> None: ...
@@ -85,6 +106,7 @@ class Tenant:
     __slots__ = (
         # the core's own state
         "id", "lane", "stats", "sessions", "rooms", "presence_events", "listeners", "generation",
+        "history",
         # configuration, handed in by the assembly (and again on reload)
         "cfg", "policy", "limits", "writer_send_timeout", "admission_rule",
         # the tenant's other parts, assembled beside the gateway
@@ -102,6 +124,7 @@ class Tenant:
         self.presence_events = False
         self.listeners: tuple[MembershipListener, ...] = ()
         self.generation = 0                       # how many times a config was applied
+        self.history = None                       # core/history.py Store, with policy.history
         self.cfg = self.policy = self.limits = None
         self.writer_send_timeout = 1.5
         self.admission_rule: AdmissionRule | None = None
@@ -177,28 +200,89 @@ class Tenant:
             self.cluster.session_gone(session)
 
     # -- membership ----------------------------------------------------------------------
-    def join(self, session, room: str):
-        """Join (or re-join: make active again) a room; RoomError past a limit.
-
-        Answers True when this is the user's first session in it (then `announce_joined`
-        after `joined`), False when not. With a broker up, a user's first session on this
-        node in a room needs Redis' admission for every node: then it answers an
-        awaitable instead, which resolves to "first anywhere" once the membership is in
-        (or raises RoomError), the session entered here only then."""
+    def join(self, session, room: str, since, answer: JoinAnswer) -> bool:
+        """Join (or re-join: make active again) a room; RoomError past a limit. `since`
+        (history.Since or None) asks for the messages after it first. True when the join
+        was answered now; False when `answer` is called later (its replay is still being
+        sent: the session is joining meanwhile, core/recovery.py; or, with a broker up,
+        the user's first session here in the room waits for Redis to admit it for every
+        node: the cluster calls `enter`, or `answer.fail` with the limit that refused)."""
+        rooms = self.rooms
+        r = rooms.get(room)
+        if r is not None:
+            run = r.joining.get(session)
+            if run is not None:                       # re-join during its replay: answered after it
+                rooms.make_active(session, room)
+                run.answers.append(answer)
+                return False
+            if session in r.members:                  # re-join: it has had every message since it joined
+                rooms.make_active(session, room)
+                answer(self._rejoin_position(room, since))
+                return True
         cluster = self.cluster
-        if cluster is not None and cluster.up and not self.rooms.has_user(room, session.user):
-            return cluster.join(session, room)
-        return self.enter(session, room)
+        if cluster is not None and cluster.up and not rooms.has_user(room, session.user):
+            cluster.join(session, room, since, answer)
+            return False
+        return self.enter(session, room, since, answer)
 
-    def enter(self, session, room: str) -> bool:
-        """The membership is admitted (at once, or by the broker): into the room table."""
-        first_of_user = self.rooms.join(session, room)
+    def enter(self, session, room: str, since, answer: JoinAnswer, first: bool | None = None) -> bool:
+        """The membership is admitted (here, or by Redis for every node: then `first` says
+        whether the user is new to the room anywhere): into the room, then `_admitted`."""
+        rooms = self.rooms
+        new_room = room not in rooms.rooms
+        history = self.history
+        run = JoinRun(self, history, session, room, answer) if history is not None and since is not None else None
+        first_of_user = rooms.join(session, room, pending=run)     # RoomError: nothing counted
+        if new_room and history is not None:
+            history.occupied(room)
         cluster = self.cluster
         if cluster is not None:
-            cluster.entered(session, self.rooms.rooms[room], first_of_user)
+            cluster.entered(session, rooms.rooms[room], first_of_user)
+        return self._admitted(session, room, since, answer, first_of_user if first is None else first, run)
+
+    def _admitted(self, session, room: str, since, answer: JoinAnswer, first_of_user: bool, run) -> bool:
+        """The session holds its place in the room: live, or joining (`run`) when it has
+        a replay to receive. Replay from since+1, then live, `joined`, hooks and
+        `user_joined`. A broker's admission (scale-out) comes before `rooms.join` (`enter`)."""
+        if run is not None:
+            run.start(run.store.replay(room, since), first_of_user)
+            return run.step()
+        history = self.history
+        answer(None if history is None else (*history.position(room), None))
+        self._entered(session, room, first_of_user)
+        return True
+
+    def went_live(self, run: JoinRun, reset: bool = False) -> None:
+        """A joining session's replay is over (recovery.py, in the turn of its last chunk):
+        it becomes a live member, then `joined`, then hooks and `user_joined`. `reset`:
+        the tenant's history was replaced meanwhile (a reload), so it is not recovered."""
+        session, room = run.session, run.room
+        self.rooms.go_live(session, room)
+        if reset:
+            run.cursor.abort()
+            position = None if self.history is None else (*self.history.position(room), False)
+        else:
+            position = run.cursor.finish()
+        for answer in run.answers:
+            answer(position)
+        self._entered(session, room, run.announce)
+
+    def _rejoin_position(self, room: str, since):
+        """A live member's re-join: no replay (it has been sent every message since it
+        joined); `recovered` only says whether `since` is a position of this room."""
+        history = self.history
+        if history is None:
+            return None
+        top, epoch = history.position(room)
+        if since is None:
+            return top, epoch, None
+        return top, epoch, since.epoch == epoch and since.offset <= top
+
+    def _entered(self, session, room: str, first_of_user: bool) -> None:
         for listener in self.listeners:
             listener.joined(session, room)
-        return first_of_user
+        if first_of_user:
+            self.announce_joined(room, session.user)
 
     def announce_joined(self, room: str, user: str) -> None:
         """`room.user_joined` to every member here, when the tenant has presence events on
@@ -212,17 +296,29 @@ class Tenant:
 
     def leave(self, session, room: str) -> bool:
         """Leave a room; False if the session was not in it. The user's last session
-        leaving tells the others (`room.user_left`) when presence events are on; with a
-        broker, once Redis says the user is in the room on no node."""
+        leaving tells the others (`room.user_left`) when presence events are on. A
+        joining session's replay ends; it had not entered the room (no hooks, no
+        `user_left`), but if it was to announce the user and the user stays (another
+        session), `user_joined` goes out now. With a broker, `user_left` waits for Redis
+        to say the user is in the room on no node."""
+        r = self.rooms.get(room)
+        run = r.joining.get(session) if r is not None else None
         r = self.rooms.leave(session, room)
         if r is None:
             return False
+        if r.empty and self.history is not None:
+            self.history.vacated(room)
         user = session.user
         gone_here = user not in r.users
         cluster = self.cluster
         if cluster is not None:
-            cluster.left(session, r, gone_here)
-        elif gone_here and self.presence_events and r.members:
+            cluster.left(session, r, gone_here, run is None)
+        if run is not None:
+            run.cancel()
+            if run.announce and user in r.users:
+                self.announce_joined(room, user)
+            return True
+        if cluster is None and self.presence_events and r.members and gone_here:
             self.deliver(r, encode_message("room", "user_left", room, {"user": user}))
         for listener in self.listeners:
             listener.left(session, room)
@@ -253,36 +349,52 @@ class Tenant:
                 return found
         return self.sessions.count, len(self.rooms.rooms), self.sessions.users
 
+
     # -- delivery ------------------------------------------------------------------------
     def publish(self, room: str, svc: str, type_: str, data: Any = _UNSET) -> int:
         """Reliable: `{"v":1,"svc","type","room","data"?}` to every member of `room`,
-        encoded once: this node's members at once, the other nodes' through the broker.
-        Returns how many sessions on this node it went to."""
-        payload = encode_message(svc, type_, room, data)
-        # (history assigns the message its offset and epoch here, before any delivery)
-        r = self.rooms.get(room)
+        encoded once. With history, `"offset":N,"epoch":"E"` after `room`, and the frame
+        is kept (even for a room with no member). Returns how many sessions it went to
+        (joining members get it through their replay and are counted). With a broker,
+        the other nodes' members get it too; the count is this node's."""
+        history = self.history
         cluster = self.cluster
-        if cluster is None:
-            if r is None:
-                return 0
-            broadcast(r.members, build_frame(OP_TEXT, payload), False)
-            return len(r.members)
-        frame = build_frame(OP_TEXT, payload)
+        if history is None:
+            r = self.rooms.get(room)
+            if cluster is None:
+                return 0 if r is None else self.deliver(r, encode_message(svc, type_, room, data))
+            frame = build_frame(OP_TEXT, encode_message(svc, type_, room, data))
+        else:
+            frame = history.publish(room, *encode_room_parts(svc, type_, room, data))
+            r = self.rooms.get(room)
         n = 0
         if r is not None:
-            broadcast(r.members, frame, False)
-            n = len(r.members)
-        cluster.publish(self, room, r, frame, False)
+            members = r.members
+            broadcast(members, frame, False)
+            n = len(members) + len(r.joining)
+        if cluster is not None:
+            # after the local fan-out; a later step moves a history room's numbering and
+            # this publish into one broker step (scaling.md)
+            cluster.publish(self, room, r, frame, False)
         return n
 
-    async def publish_counted(self, room: str, svc: str, type_: str, data: Any = _UNSET) -> int:
-        """`publish`, answering how many sessions it reached on every node (the server
-        API's `delivered`): this node's, plus what the other nodes last told Redis."""
-        n = self.publish(room, svc, type_, data)
+    def set_history(self, store) -> None:
+        """Turn history on (a new store: every room starts a new epoch) or off (None)."""
+        old = self.history
+        if old is not None:
+            old.clear()
+        self.history = store
+        if store is not None:
+            for name in self.rooms.rooms:
+                store.occupied(name)
+
+    async def remote_sessions(self, room: str) -> int:
+        """Sessions in `room` on the other nodes (with a broker up, as they last told
+        Redis; 0 otherwise): with `publish`'s own count, the server API's `delivered`."""
         cluster = self.cluster
-        if cluster is not None and cluster.up:
-            n += await cluster.remote_sessions(self, room)
-        return n
+        if cluster is None or not cluster.up:
+            return 0
+        return await cluster.remote_sessions(self, room)
 
     def publish_hot(self, room: str, frame: bytes) -> int:
         """Lossy: one binary frame carrying `frame` (a whole Hot Lane message, header

@@ -10,7 +10,7 @@ import sys
 
 from setuptools import Extension, setup
 
-FAST_MODULES = ["bucket_c", "utf8_c", "hotheader_c", "fanout_c", "framer_c"]
+FAST_MODULES = ["bucket_c", "utf8_c", "hotheader_c", "fanout_c", "framer_c", "reader_c"]
 
 NO_EXTENSIONS = bool(os.environ.get("WSPRISM_NO_EXTENSIONS")) or platform.python_implementation() != "CPython"
 DEBUG = bool(os.environ.get("WSPRISM_CYTHON_DEBUG"))

@@ -66,7 +66,8 @@ class Gateway:
         self.metrics_registry = make_registry(self)
         self.high_water = g.outbound_high_water_bytes
         self.router = Router(self)
-        self.corker = _fast.Corker()        # one write per connection per loop turn
+        # one write per connection per loop turn; the outbound memory budget (SPEC 5)
+        self.corker = _fast.Corker(None, g.outbound_max, g.outbound_total_max_bytes)
         self.http = HttpClient()            # the one pooled client for webhooks (backend/http.py)
         self.auth_outcomes: dict[tuple[str, str], int] = {}   # (tenant, outcome) of auth webhooks
         self._update_needs_ip()
@@ -311,6 +312,7 @@ class Gateway:
         self.config = new_config
         self.defender.reconfigure(new_gw.handshake_limit, new_gw.trusted_proxies)
         self.metrics_path = new_gw.metrics.path.encode() if new_gw.metrics.enabled else None
+        self.corker.configure(new_gw.outbound_max, new_gw.outbound_total_max_bytes)
         if self.high_water != new_gw.outbound_high_water_bytes:
             self.high_water = new_gw.outbound_high_water_bytes
             for tenant in self.tenants.values():

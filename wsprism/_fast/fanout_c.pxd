@@ -7,12 +7,24 @@ cdef enum:
     S_CLOSING = 2
     S_CLOSED = 3
 
+cdef enum:
+    R_OVER_SESSION = 1
+    R_OVER_TOTAL = 2
+
 cdef class Corker:
     cdef public list dirty
     cdef public bint scheduled
     cdef public object loop
+    cdef public Py_ssize_t max_session
+    cdef public Py_ssize_t max_total
+    cdef public Py_ssize_t total
+    cdef public set holders
+    cdef public Py_ssize_t enforced
+    cdef public Py_ssize_t closed_total
+    cdef public double logged_at
     cpdef add(self, Endpoint endpoint)
     cpdef flush_all(self)
+    cpdef enforce(self)
 
 cdef class Endpoint(WSListener):
     cdef public WSTransport transport
@@ -20,8 +32,15 @@ cdef class Endpoint(WSListener):
     cdef public bint paused
     cdef public Corker corker
     cdef object _out          # None, one frame (bytes), or a list of frames
+    cdef public Py_ssize_t acct
+    cdef public Py_ssize_t out_bytes
+    cdef public bint over
     cdef bint _enqueue(self, bytes frame, bint lossy) except -1
     cpdef flush(self)
+    cpdef measure(self)
+    cpdef release(self)
+    cpdef drop_queued(self)
+    cpdef overflow(self, int reason)
 
 cpdef bytes build_frame(int opcode, object payload)
 cdef bytes build_frame_ptr(int opcode, const unsigned char* p, Py_ssize_t n)

@@ -1,13 +1,15 @@
 # cython: language_level=3
-"""Compiled outbound side: frames built once, corked per loop turn, fanned out.
-The logic and its documentation live in fanout_py.py (the twin)."""
+"""Compiled outbound side: frames built once, corked per loop turn, fanned out, kept
+within the memory budget. The logic and its documentation live in fanout_py.py (the twin)."""
 import asyncio
 import logging
+import sys
+import time
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcpy
 
 from .bytesops cimport ws_header
@@ -19,11 +21,17 @@ CLOSED = S_CLOSED
 _log = logging.getLogger("wsprism.fanout")
 OP_TEXT = 0x1
 OP_BINARY = 0x2
+OVER_SESSION = R_OVER_SESSION
+OVER_TOTAL = R_OVER_TOTAL
+UNLIMITED = sys.maxsize
+ENFORCE_LOG_INTERVAL = 10.0
 
-# one scratch buffer per process for joining an endpoint's frames into one write;
-# picows' _fast_write copies whatever the socket did not take, so it can be reused.
+# One scratch buffer per process for joining an endpoint's frames into one write
+# (picows' _fast_write copies whatever the socket did not take, so it can be reused).
+# It never grows past SCRATCH_MAX: a bigger turn is joined in a buffer of its own,
+# freed right after the write, so one large message leaves nothing behind.
+DEF SCRATCH_MAX = 65536
 cdef char* _scratch = NULL
-cdef Py_ssize_t _scratch_cap = 0
 
 
 cdef bytes build_frame_ptr(int opcode, const unsigned char* p, Py_ssize_t n):
@@ -46,12 +54,27 @@ cpdef bytes build_frame(int opcode, object payload):
         PyBuffer_Release(&view)
 
 
+def _held(Endpoint endpoint):
+    return endpoint.acct
+
+
 @cython.final
 cdef class Corker:
-    def __init__(self, loop=None):
+    def __init__(self, loop=None, Py_ssize_t max_session=UNLIMITED, Py_ssize_t max_total=UNLIMITED):
         self.dirty = []
         self.scheduled = False
         self.loop = loop
+        self.max_session = max_session
+        self.max_total = max_total
+        self.total = 0
+        self.holders = set()
+        self.enforced = 0
+        self.closed_total = 0
+        self.logged_at = -ENFORCE_LOG_INTERVAL
+
+    def configure(self, Py_ssize_t max_session, Py_ssize_t max_total) -> None:
+        self.max_session = max_session
+        self.max_total = max_total
 
     cpdef add(self, Endpoint endpoint):
         self.dirty.append(endpoint)
@@ -71,6 +94,36 @@ cdef class Corker:
                 endpoint.flush()
             except Exception:       # one broken transport must not stall the others
                 _log.exception("flush failed for %r", endpoint)
+        if self.total > self.max_total:
+            self.enforce()
+
+    cpdef enforce(self):
+        cdef Endpoint endpoint
+        cdef Py_ssize_t before, closed = 0
+        cdef double now
+        for endpoint in list(self.holders):
+            endpoint.measure()
+        if self.total <= self.max_total:
+            return
+        self.enforced += 1
+        before = self.total
+        for endpoint in sorted(self.holders, key=_held, reverse=True):
+            if self.total <= self.max_total:
+                break
+            closed += 1
+            try:
+                endpoint.overflow(R_OVER_TOTAL)
+            except Exception:
+                _log.exception("closing %r over the outbound budget failed", endpoint)
+            endpoint.release()
+        self.closed_total += closed
+        now = time.monotonic()
+        if now - self.logged_at >= ENFORCE_LOG_INTERVAL:
+            self.logged_at = now
+            _log.warning(
+                "outbound buffers held %d bytes, over gateway.outbound_total_max_bytes (%d): "
+                "closed %d sessions holding the most (4005); %d bytes held now",
+                before, self.max_total, closed, self.total)
 
 
 cdef class Endpoint(WSListener):
@@ -80,15 +133,33 @@ cdef class Endpoint(WSListener):
         self.paused = False
         self.corker = corker
         self._out = None
+        self.acct = 0
+        self.out_bytes = 0
+        self.over = False
 
     cdef bint _enqueue(self, bytes frame, bint lossy) except -1:
+        cdef Py_ssize_t n
+        cdef Corker corker
         if self.state > S_OPEN:
             return True
         if lossy and self.paused:
             return False
+        if self.over:
+            return not lossy
+        n = PyBytes_GET_SIZE(frame)
+        corker = self.corker
+        if self.acct + self.out_bytes + n > corker.max_session:
+            self.measure()                    # acct may be stale: the buffer drains
+            if self.acct + self.out_bytes + n > corker.max_session:
+                self.over = True
+                if self._out is None:
+                    corker.add(self)
+                return not lossy
+        self.out_bytes += n
+        corker.total += n
         if self._out is None:             # the turn's first frame: no list (no GC-tracked object)
             self._out = frame
-            self.corker.add(self)
+            corker.add(self)
         elif type(self._out) is bytes:
             self._out = [self._out, frame]
         else:
@@ -96,41 +167,96 @@ cdef class Endpoint(WSListener):
         return True
 
     def enqueue(self, bytes frame, bint lossy=False) -> bool:
-        """Queue a built frame for this turn's write. False only when a lossy frame is
-        dropped because this endpoint is over its high-water mark."""
+        """Queue a built frame for this turn's write. False when a lossy frame is dropped
+        (this endpoint is over its high-water mark, or over its budget)."""
         return self._enqueue(frame, lossy)
 
+    cpdef drop_queued(self):
+        self._out = None
+        self.corker.total -= self.out_bytes
+        self.out_bytes = 0
+        self.over = False
+
     cpdef flush(self):
-        global _scratch, _scratch_cap
-        cdef object pending = self._out
+        global _scratch
+        cdef object pending
         cdef WSTransport tr = self.transport
         cdef list out
         cdef bytes f
         cdef Py_ssize_t total = 0, pos = 0, n
-        cdef char* grown
+        cdef char* buf
+        if self.over:
+            self.drop_queued()
+            self.overflow(R_OVER_SESSION)
+            return
+        pending = self._out
         if pending is None:
             return
         self._out = None
+        self.corker.total -= self.out_bytes
+        self.out_bytes = 0
         if tr is None or tr.is_disconnected or tr.is_close_frame_sent:
             return
         if type(pending) is bytes:
             f = <bytes>pending
             tr._fast_write(PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
+            self.measure()
             return
         out = <list>pending
         for f in out:
             total += PyBytes_GET_SIZE(f)
-        if total > _scratch_cap:
-            grown = <char*>PyMem_Realloc(_scratch, total * 2)
-            if grown == NULL:
+        if total <= SCRATCH_MAX:
+            if _scratch == NULL:
+                _scratch = <char*>PyMem_Malloc(SCRATCH_MAX)
+                if _scratch == NULL:
+                    raise MemoryError()
+            buf = _scratch
+        else:
+            buf = <char*>PyMem_Malloc(total)
+            if buf == NULL:
                 raise MemoryError()
-            _scratch = grown
-            _scratch_cap = total * 2
-        for f in out:
-            n = PyBytes_GET_SIZE(f)
-            memcpy(_scratch + pos, PyBytes_AS_STRING(f), n)
-            pos += n
-        tr._fast_write(_scratch, total)
+        try:
+            for f in out:
+                n = PyBytes_GET_SIZE(f)
+                memcpy(buf + pos, PyBytes_AS_STRING(f), n)
+                pos += n
+            tr._fast_write(buf, total)
+        finally:
+            if buf != _scratch:
+                PyMem_Free(buf)
+        self.measure()
+
+    cpdef measure(self):
+        cdef WSTransport tr = self.transport
+        cdef Py_ssize_t held, acct = self.acct
+        cdef Corker corker
+        if tr is None or tr.is_disconnected or self.state > S_OPEN:
+            held = 0
+        else:
+            held = (<object>tr._tr_get_write_buffer_size)()
+        if held != acct:
+            corker = self.corker
+            corker.total += held - acct
+            if not acct:
+                corker.holders.add(self)
+            elif not held:
+                corker.holders.discard(self)
+            self.acct = held
+
+    cpdef release(self):
+        cdef Corker corker = self.corker
+        if self.acct:
+            corker.holders.discard(self)
+        corker.total -= self.acct + self.out_bytes
+        self.acct = 0
+        self.out_bytes = 0
+        self._out = None
+        self.over = False
+
+    cpdef overflow(self, int reason):
+        self.release()
+        if self.transport is not None:
+            self.transport.disconnect(False)
 
 
 cpdef Py_ssize_t broadcast(object members, bytes frame, bint lossy) except -1:

@@ -62,6 +62,7 @@ cdef class Session(Endpoint):
     cpdef send(self, bytes data)
     cpdef send_error(self, str code, str msg, object seq=*)
     cpdef close(self, int code=*, str reason=*)
+    cpdef overflow(self, int reason)
     cdef int _text(self, const unsigned char* p, Py_ssize_t n, object payload) except -1
     cdef int _binary(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef int _relay(self, const unsigned char* p, Py_ssize_t n, unsigned char flags) except -1

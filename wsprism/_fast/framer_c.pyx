@@ -13,7 +13,7 @@ from picows.picows cimport WSCloseCode, WSFrame, WSMsgType, WSTransport
 import msgspec
 
 from .bucket_c cimport TokenBucket
-from .fanout_c cimport S_CLOSING, S_OPEN, Endpoint, broadcast, build_frame, build_frame_ptr
+from .fanout_c cimport R_OVER_SESSION, S_CLOSING, S_OPEN, Endpoint, broadcast, build_frame, build_frame_ptr
 from .hotheader_c cimport H_BAD_FLAGS, H_OK, H_SHORT, HotAllowlist, HotHeader, hot_parse
 from .utf8_c cimport utf8_valid_ptr
 
@@ -56,6 +56,15 @@ cdef inline double _now() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+cdef inline bint _close_code_valid(int code) noexcept:
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def close_code_valid(int code) -> bool:
+    """A code a client may send in its close frame (RFC 6455 7.4)."""
+    return _close_code_valid(code)
 
 
 def install(on_envelope, encode_error) -> None:
@@ -154,8 +163,11 @@ cdef class Session(Endpoint):
     cpdef close(self, int code=1000, str reason=""):
         if self.state >= S_CLOSING:
             return
+        if self.over:
+            self.drop_queued()
         self.flush()
         self.state = S_CLOSING
+        self.release()
         self.gateway.detach(self)
         cdef WSTransport tr = self.transport
         if tr is None:
@@ -163,13 +175,24 @@ cdef class Session(Endpoint):
         tr.send_close(<WSCloseCode>code, reason.encode()[:120])
         self.close_handle = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, (<object>tr).disconnect, False)
 
+    cpdef overflow(self, int reason):
+        if self.state > S_OPEN:
+            return
+        stats = self.tenant.stats
+        if reason == R_OVER_SESSION:
+            stats.outbound_max_closes += 1
+        else:
+            stats.outbound_total_closes += 1
+        self.drop_queued()
+        self.close(4005, "slow consumer: outbound buffer over its limit")
+
     # -- picows callbacks --------------------------------------------------------------
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
         self.gateway.on_connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
-        self._out = None
+        self.release()
         self.gateway.on_disconnected(self)
 
     cpdef pause_writing(self):
@@ -193,6 +216,9 @@ cdef class Session(Endpoint):
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType mt = frame.msg_type
         self.seen = True
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._protocol_error(transport, "reserved bits set without an extension")
+            return
         if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
             if self.frag is not None:
                 self.close(1002, "new message inside a fragmented one")
@@ -208,6 +234,8 @@ cdef class Session(Endpoint):
                 self._text(<const unsigned char*>frame.payload_ptr, frame.payload_size, frame)
         elif mt == WSMsgType.CONTINUATION:
             self._continue_fragments(frame)
+        elif mt == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
         elif mt == WSMsgType.CLOSE:
             self._on_close_frame(transport, frame)
 
@@ -246,16 +274,30 @@ cdef class Session(Endpoint):
     def _on_close_frame(self, WSTransport transport, WSFrame frame):
         cdef int code
         if self.state != S_CLOSING and not transport.is_close_frame_sent:
-            code = frame.get_close_code()
-            if code == 0 or code == 1005:
+            if frame.payload_size < 2:
                 code = 1000
+            else:
+                code = frame.get_close_code()
+                if not _close_code_valid(code):
+                    self._protocol_error(transport, "invalid close code")
+                    return
+            if self.over:
+                self.drop_queued()
             self.flush()
+            self.release()
             self.gateway.detach(self)
             transport.send_close(<WSCloseCode>code)
         transport.disconnect()
         if self.close_handle is None:   # a peer that stops reading cannot hold the socket
             self.close_handle = asyncio.get_running_loop().call_later(
                 CLOSE_TIMEOUT, (<object>transport).disconnect, False)
+
+    def _protocol_error(self, WSTransport transport, str reason):
+        if self.state >= S_CLOSING or transport.is_close_frame_sent:
+            transport.disconnect()
+            return
+        self.close(1002, reason)
+        transport.disconnect()
 
     # -- both lanes --------------------------------------------------------------------
     cdef int _too_large(self, bint binary) except -1:

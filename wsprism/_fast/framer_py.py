@@ -26,7 +26,9 @@ from time import monotonic, perf_counter
 import msgspec
 from picows import WSMsgType
 
-from .fanout_py import CLOSED, CLOSING, OP_BINARY, OP_TEXT, OPEN, PENDING, Endpoint, broadcast, build_frame
+from .fanout_py import (
+    CLOSED, CLOSING, OP_BINARY, OP_TEXT, OPEN, OVER_SESSION, PENDING, Endpoint, broadcast, build_frame,
+)
 from .hotheader_py import (
     FLAG_ACK_REQUESTED, FLAG_SEQ_PRESENT, HDR_BAD_FLAGS, HDR_OK, HDR_SHORT, HotAllowlist, parse_header,
 )
@@ -58,10 +60,17 @@ _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONT = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
+_PING = WSMsgType.PING
 _UNSET = msgspec.UNSET
 
 _on_envelope = None      # set by install(): the Ext Lane after the first checks
 _encode_error = None     # set by install(): builds a sys.error payload
+
+
+def close_code_valid(code: int) -> bool:
+    """A code a client may send in its close frame (RFC 6455 7.4): 1000-1003, 1007-1014
+    (the IANA-registered ones a peer may send) and 3000-4999 (registered / private)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def install(on_envelope, encode_error) -> None:
@@ -168,8 +177,11 @@ class Session(Endpoint):
         abort the socket if the peer has not completed the close within CLOSE_TIMEOUT."""
         if self.state >= CLOSING:
             return
+        if self.over:
+            self.drop_queued()        # over its budget: what it could not hold is dropped
         self.flush()
         self.state = CLOSING
+        self.release()
         self.gateway.detach(self)
         tr = self.transport
         if tr is None:
@@ -177,13 +189,26 @@ class Session(Endpoint):
         tr.send_close(code, reason.encode()[:120])
         self.close_handle = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, tr.disconnect, False)
 
+    def overflow(self, reason: int) -> None:
+        """Over the outbound budget (fanout): a slow consumer, closed 4005 at once and
+        counted by reason, whatever the lane."""
+        if self.state > OPEN:
+            return
+        stats = self.tenant.stats
+        if reason == OVER_SESSION:
+            stats.outbound_max_closes += 1
+        else:
+            stats.outbound_total_closes += 1
+        self.drop_queued()
+        self.close(4005, "slow consumer: outbound buffer over its limit")
+
     # -- picows callbacks --------------------------------------------------------------
     def on_ws_connected(self, transport) -> None:
         self.transport = transport
         self.gateway.on_connected(self)
 
     def on_ws_disconnected(self, transport) -> None:
-        self._out = None
+        self.release()
         self.gateway.on_disconnected(self)
 
     def pause_writing(self) -> None:
@@ -207,6 +232,9 @@ class Session(Endpoint):
     def on_ws_frame(self, transport, frame) -> None:
         self.seen = True
         mt = frame.msg_type
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._protocol_error(transport, "reserved bits set without an extension")
+            return
         if mt == _TEXT or mt == _BINARY:
             if self.frag is not None:
                 self.close(1002, "new message inside a fragmented one")
@@ -222,6 +250,8 @@ class Session(Endpoint):
                 self.on_text(frame.get_payload_as_bytes())
         elif mt == _CONT:
             self._continue_fragments(frame)
+        elif mt == _PING:
+            transport.send_pong(frame.get_payload_as_bytes())
         elif mt == _CLOSE:
             self._on_close_frame(transport, frame)
 
@@ -255,17 +285,35 @@ class Session(Endpoint):
             self.on_text(bytes(buf))
 
     def _on_close_frame(self, transport, frame) -> None:
+        """The client closes: answer with its code (1000 when it gave none), or 1002 when
+        the code is one a client must not send (picows already refuses a 1-byte payload,
+        an invalid UTF-8 reason and most unassigned codes below 3000)."""
         if self.state != CLOSING and not transport.is_close_frame_sent:
-            code = frame.get_close_code()
-            if code == 0 or code == 1005:
+            if frame.payload_size < 2:
                 code = 1000
+            else:
+                code = frame.get_close_code()
+                if not close_code_valid(code):
+                    self._protocol_error(transport, "invalid close code")
+                    return
+            if self.over:
+                self.drop_queued()
             self.flush()
+            self.release()
             self.gateway.detach(self)
             transport.send_close(code)
         transport.disconnect()
         if self.close_handle is None:   # a peer that stops reading cannot hold the socket
             self.close_handle = asyncio.get_running_loop().call_later(
                 CLOSE_TIMEOUT, transport.disconnect, False)
+
+    def _protocol_error(self, transport, reason: str) -> None:
+        """RFC 6455 violation: close 1002 and hang up without waiting for the peer."""
+        if self.state >= CLOSING or transport.is_close_frame_sent:
+            transport.disconnect()
+            return
+        self.close(1002, reason)
+        transport.disconnect()
 
     # -- both lanes --------------------------------------------------------------------
     def _too_large(self, binary: bool) -> None:

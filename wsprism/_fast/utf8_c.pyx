@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Compiled strict UTF-8 validator. The contract lives in utf8_py.py (the twin)."""
+"""Compiled text-frame scans (strict UTF-8, JSON nesting depth). The contract lives in
+utf8_py.py (the twin)."""
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
@@ -63,5 +64,37 @@ cpdef bint utf8_valid(object data) except -1:
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         return utf8_valid_ptr(<const unsigned char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef bint json_too_deep_ptr(const unsigned char* p, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
+    cdef Py_ssize_t i = 0, depth = 0
+    cdef unsigned char c
+    while i < n:
+        c = p[i]
+        i += 1
+        if c == 0x22:                   # '"': skip the string
+            while i < n:
+                c = p[i]
+                i += 1
+                if c == 0x5C:           # '\\': the next byte is escaped
+                    i += 1
+                elif c == 0x22:
+                    break
+        elif c == 0x5B or c == 0x7B:    # '[' '{'
+            depth += 1
+            if depth > limit:
+                return True
+        elif c == 0x5D or c == 0x7D:    # ']' '}'
+            depth -= 1
+    return False
+
+
+cpdef bint json_too_deep(object data, Py_ssize_t limit) except -1:
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return json_too_deep_ptr(<const unsigned char*>view.buf, view.len, limit)
     finally:
         PyBuffer_Release(&view)

@@ -74,7 +74,7 @@ class TenantStats:
 
     __slots__ = (
         "lane", "upgrades", "handshake_rejections", "service_errors_ext", "service_errors_hot",
-        "writer_timeouts", "dispatch_ext", "dispatch_hot",
+        "writer_timeouts", "outbound_max_closes", "outbound_total_closes", "dispatch_ext", "dispatch_hot",
     )
 
     def __init__(self, lane=None) -> None:
@@ -83,7 +83,9 @@ class TenantStats:
         self.handshake_rejections = dict.fromkeys(HANDSHAKE_REASONS, 0)
         self.service_errors_ext = 0
         self.service_errors_hot = 0
-        self.writer_timeouts = 0
+        self.writer_timeouts = 0          # slow consumers: over the high-water mark too long
+        self.outbound_max_closes = 0      # ... past gateway.outbound_max_bytes
+        self.outbound_total_closes = 0    # ... among the largest when the process passed its total
         self.dispatch_ext = Histogram()
         self.dispatch_hot = Histogram()
         if lane is not None:
@@ -127,7 +129,8 @@ class GatewayCollector:
         rejections = CounterMetricFamily("wsprism_handshake_rejections", "Handshakes refused before the upgrade", labels=["tenant", "reason"])
         decode = CounterMetricFamily("wsprism_decode_errors", "Ext Lane frames that were not valid envelopes", labels=["tenant"])
         svc_err = CounterMetricFamily("wsprism_service_errors", "Service errors returned to clients", labels=["tenant", "lane"])
-        writer = CounterMetricFamily("wsprism_writer_timeouts", "Sessions closed as slow consumers", labels=["tenant"])
+        writer = CounterMetricFamily("wsprism_writer_timeouts", "Sessions closed as slow consumers (4005), by reason",
+                                     labels=["tenant", "reason"])
         egress = CounterMetricFamily("wsprism_egress_drop", "Lossy frames dropped for sessions over the high-water mark", labels=["tenant"])
         dispatch = HistogramMetricFamily("wsprism_dispatch_duration_seconds", "Time to dispatch one message (Hot Lane sampled 1 in 64)", labels=["tenant", "lane"])
         for tid, s, tenant in stats:
@@ -145,7 +148,9 @@ class GatewayCollector:
             decode.add_metric([tid], counts[DECODE_ERRORS])
             svc_err.add_metric([tid, "ext"], s.service_errors_ext)
             svc_err.add_metric([tid, "hot"], s.service_errors_hot)
-            writer.add_metric([tid], s.writer_timeouts)
+            writer.add_metric([tid, "send_timeout"], s.writer_timeouts)
+            writer.add_metric([tid, "outbound_max"], s.outbound_max_closes)
+            writer.add_metric([tid, "outbound_total_max"], s.outbound_total_closes)
             egress.add_metric([tid], counts[EGRESS_DROPS])
             for lane, h in (("ext", s.dispatch_ext), ("hot", s.dispatch_hot)):
                 dispatch.add_metric([tid, lane], h.cumulative(), h.sum)

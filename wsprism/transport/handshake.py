@@ -1,11 +1,15 @@
 """Pre-upgrade checks for `/v1/ws`, cheapest first (SPEC sections 1 and 14).
 
-404 unknown path → 426 not an upgrade → 503 draining → 429 defender → 400 bad
-query → 400 unknown tenant → 503 tenant full → 401 ticket refused. Every answer is
+404 unknown path → 426 not an upgrade → 503 draining → 429 defender → 400 missing
+or duplicated Host / 426 WebSocket version not 13 / 400 bad Sec-WebSocket-Key → 400
+bad query → 400 unknown tenant → 503 tenant full → 401 ticket refused. Every answer is
 a plain HTTP response; nothing is upgraded unless all pass. Also serves `/healthz`,
-`/readyz` and the metrics path on the same port.
+`/readyz` and the metrics path on the same port, and answers a method other than GET
+(`other_method`, called by the reader before picows parses the request).
 """
+import binascii
 import re
+from base64 import b64decode
 from urllib.parse import parse_qsl
 
 from picows.picows import _validate_upgrade_request
@@ -20,6 +24,8 @@ TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TICKET_RE = re.compile(r"[\x20-\x7e]{1,4096}")
 _KEYS = ("tenant", "ticket", "sid")
+_PLAIN_PATHS = (b"/healthz", b"/readyz")
+_ALLOW_GET = {"Allow": "GET"}
 
 
 class BadQuery(Exception):
@@ -55,6 +61,28 @@ def _is_upgrade(headers) -> bool:
     return "websocket" in headers.get("Upgrade", "").lower()
 
 
+def ws_header_problem(headers) -> tuple[int, str, dict | None] | None:
+    """RFC 6455 4.2.1, as SPEC 14 decides it: (status, body, extra headers) for an upgrade
+    request the gateway refuses, None when Host, version and key are right."""
+    hosts = headers.getall("Host", [])
+    if len(hosts) != 1 or not hosts[0]:
+        return 400, "an upgrade needs exactly one Host header", None
+    if headers.getall("Sec-WebSocket-Version", []) != ["13"]:
+        return 426, "unsupported WebSocket version: this server speaks version 13", \
+            {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+    keys = headers.getall("Sec-WebSocket-Key", [])
+    if len(keys) != 1 or not _valid_key(keys[0]):
+        return 400, "an upgrade needs exactly one Sec-WebSocket-Key, the base64 of 16 bytes", None
+    return None
+
+
+def _valid_key(key: str) -> bool:
+    try:
+        return len(b64decode(key.encode("ascii"), validate=True)) == 16
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        return False
+
+
 class Router:
     """picows' listener factory: answers HTTP, or returns the new session's listener."""
 
@@ -75,6 +103,18 @@ class Router:
         if path == b"/demo/" and gw.config.gateway.demo:
             return http.ok(health.demo_page(), "text/html; charset=utf-8")
         return self._reject(gw.unknown_stats, 404, "not found", "not_found")
+
+    def other_method(self, method: bytes, target: bytes):
+        """A request whose method is not GET: 405 with `Allow: GET` on a path the gateway
+        serves, 404 elsewhere (a WSUpgradeResponse; the reader writes it and hangs up)."""
+        path = target.partition(b"?")[0]
+        gw = self.gw
+        if path == WS_PATH:
+            return self._reject(gw.unknown_stats, 405, "method not allowed: connect with GET", "bad_request",
+                                _ALLOW_GET).response
+        if path in _PLAIN_PATHS or path == gw.metrics_path or (path == b"/demo/" and gw.config.gateway.demo):
+            return http.plain(405, "method not allowed: use GET", _ALLOW_GET).response
+        return self._reject(gw.unknown_stats, 404, "not found", "not_found").response
 
     def _reject(self, stats, status, body, reason, headers=None):
         stats.count_upgrade(status, reason)
@@ -102,6 +142,10 @@ class Router:
         connection = headers.get("Connection", "")
         if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
             headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
+        problem = ws_header_problem(headers)
+        if problem is not None:
+            status, body, extra = problem
+            return self._reject(unknown, status, body, "bad_request", extra)
         try:
             _validate_upgrade_request(request)
         except RuntimeError:

@@ -25,11 +25,12 @@ if os.environ.get("WSPRISM_NO_EXTENSIONS"):
     pytest.fail("differential tests compare the compiled modules: build them", pytrace=False)
 
 from wsprism._fast import (  # noqa: E402
-    bucket_c, bucket_py, fanout_c, fanout_py, framer_c, framer_py, hotheader_c, hotheader_py, utf8_c, utf8_py,
+    bucket_c, bucket_py, fanout_c, fanout_py, framer_c, framer_py, hotheader_c, hotheader_py, reader_c, reader_py,
+    utf8_c, utf8_py,
 )
 
 PAIRS = [(bucket_c, bucket_py), (utf8_c, utf8_py), (hotheader_c, hotheader_py),
-         (fanout_c, fanout_py), (framer_c, framer_py)]
+         (fanout_c, fanout_py), (framer_c, framer_py), (reader_c, reader_py)]
 
 
 def public(obj):

@@ -9,7 +9,7 @@ import time
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Malloc
 from libc.string cimport memcpy
 
 from .bytesops cimport ws_header
@@ -28,9 +28,11 @@ ENFORCE_LOG_INTERVAL = 10.0
 
 # One scratch buffer per process for joining an endpoint's frames into one write
 # (picows' _fast_write copies whatever the socket did not take, so it can be reused).
-# It never grows past SCRATCH_MAX: a bigger turn is joined in a buffer of its own,
-# freed right after the write, so one large message leaves nothing behind.
-DEF SCRATCH_MAX = 65536
+# It is SCRATCH_MAX bytes and never grows: a bigger turn goes to the transport as the
+# frames themselves (writelines: sent with one writev, and what the socket does not take
+# stays referenced, not copied, so a frame fanned out to many slow members exists once).
+DEF _SCRATCH_MAX = 65536
+SCRATCH_MAX = _SCRATCH_MAX
 cdef char* _scratch = NULL
 
 
@@ -184,7 +186,6 @@ cdef class Endpoint(WSListener):
         cdef list out
         cdef bytes f
         cdef Py_ssize_t total = 0, pos = 0, n
-        cdef char* buf
         if self.over:
             self.drop_queued()
             self.overflow(R_OVER_SESSION)
@@ -199,31 +200,28 @@ cdef class Endpoint(WSListener):
             return
         if type(pending) is bytes:
             f = <bytes>pending
-            tr._fast_write(PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
+            if PyBytes_GET_SIZE(f) <= _SCRATCH_MAX:
+                tr._fast_write(PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
+            else:
+                tr.underlying_transport.write(f)
             self.measure()
             return
         out = <list>pending
         for f in out:
             total += PyBytes_GET_SIZE(f)
-        if total <= SCRATCH_MAX:
+        if total > _SCRATCH_MAX:
+            tr.underlying_transport.writelines(out)
+            self.measure()
+            return
+        if _scratch == NULL:
+            _scratch = <char*>PyMem_Malloc(_SCRATCH_MAX)
             if _scratch == NULL:
-                _scratch = <char*>PyMem_Malloc(SCRATCH_MAX)
-                if _scratch == NULL:
-                    raise MemoryError()
-            buf = _scratch
-        else:
-            buf = <char*>PyMem_Malloc(total)
-            if buf == NULL:
                 raise MemoryError()
-        try:
-            for f in out:
-                n = PyBytes_GET_SIZE(f)
-                memcpy(buf + pos, PyBytes_AS_STRING(f), n)
-                pos += n
-            tr._fast_write(buf, total)
-        finally:
-            if buf != _scratch:
-                PyMem_Free(buf)
+        for f in out:
+            n = PyBytes_GET_SIZE(f)
+            memcpy(_scratch + pos, PyBytes_AS_STRING(f), n)
+            pos += n
+        tr._fast_write(_scratch, total)
         self.measure()
 
     cpdef measure(self):

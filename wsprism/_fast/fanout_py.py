@@ -5,7 +5,11 @@ Every frame a session sends goes through its `Endpoint` outbox. The first frame 
 in a loop turn registers the endpoint with the gateway's `Corker`, which flushes all
 dirty endpoints once, at the end of the turn (`loop.call_soon`): each connection gets
 one write per turn however many frames it was sent. Order per connection is kept, and
-nothing waits longer than one turn.
+nothing waits longer than one turn. Up to SCRATCH_MAX bytes a turn's frames are joined
+into one buffer (the compiled module reuses one of that size); above it they go to the
+transport as they are (`writelines`, one writev): what the socket does not take stays a
+reference to the shared frame instead of a copy per member, and no buffer keeps the
+size of the largest turn.
 
 A server frame is the same bytes for every recipient, so a room fan-out builds it once
 (`build_frame`) and queues that one object for every member (`broadcast`). Lossy frames
@@ -53,6 +57,7 @@ OVER_SESSION = 1     # its own buffer passed gateway.outbound_max_bytes
 OVER_TOTAL = 2       # all sessions together passed gateway.outbound_total_max_bytes
 
 UNLIMITED = sys.maxsize
+SCRATCH_MAX = 65536    # a turn's frames above this go to the transport as they are, not joined
 ENFORCE_LOG_INTERVAL = 10.0   # seconds between two warnings about the process budget
 
 
@@ -212,7 +217,12 @@ class Endpoint(WSListener):
         tr = self.transport
         if tr is None or tr.is_disconnected or tr.is_close_frame_sent:
             return
-        tr.underlying_transport.write(out if type(out) is bytes else b"".join(out))
+        if type(out) is bytes:
+            tr.underlying_transport.write(out)
+        elif sum(map(len, out)) > SCRATCH_MAX:
+            tr.underlying_transport.writelines(out)   # what the socket does not take stays shared
+        else:
+            tr.underlying_transport.write(b"".join(out))
         self.measure()
 
     def measure(self) -> None:

@@ -25,10 +25,15 @@ cdef class Reader:
     cdef public Session session
     cdef public FrameGuard guard
     cdef public bint dropping
+    cdef public Py_ssize_t turn_bytes
     cdef MemoryBuffer buf        # picows' read buffer (found once), or None
     cdef Py_ssize_t idle_cap     # its capacity when the connection was made
+    cdef Py_ssize_t reads        # reads since the upgrade
+    cdef bint check_armed        # a quiet check is pending
     cdef int _updated(self, object proto, object view, Py_ssize_t n) except -1
     cdef int _http(self, object proto, object view, Py_ssize_t n) except -1
     cdef bint _other_method(self, object proto, bytearray head) except -1
     cdef int _refuse(self, object proto) except -1
     cdef int _shrink(self, object proto) except -1
+    cdef int _yield_turn(self, object proto) except -1
+    cdef int _arm(self, object proto) except -1

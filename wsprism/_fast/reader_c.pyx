@@ -3,6 +3,7 @@
 against the tenant's limit, non-GET requests answered, the read buffer shrunk back to
 its idle size). The logic and its documentation live in reader_py.py (the twin); this
 module also restores picows' read buffer, which only C code can reach."""
+import asyncio
 import gc
 import logging
 
@@ -25,7 +26,10 @@ OP_CONT = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 HEAD_MAX = 65536
+READ_SLICE = 65536
+SHRINK_AFTER = 0.1
 DEF _HEAD_MAX = 65536
+DEF _READ_SLICE = 65536
 DEF _SIMD_PAD = 256          # picows keeps the last 256 bytes of its buffer for its parsers
 cdef bint _warned = False
 
@@ -137,6 +141,9 @@ cdef class Reader:
         self.session = None
         self.guard = FrameGuard()
         self.dropping = False
+        self.turn_bytes = 0
+        self.reads = 0
+        self.check_armed = False
         self.buf = None
         self.idle_cap = 0
         # picows keeps its read buffer in a private field; the collector's view of the
@@ -167,10 +174,25 @@ cdef class Reader:
         if k:
             _buffer_updated(proto, k)
         if guard.refused:
-            self._refuse(proto)
-        elif self.buf is not None and self.buf.capacity > self.idle_cap:
-            self._shrink(proto)
+            return self._refuse(proto)
+        self.reads += 1
+        if self.buf is not None and self.buf.capacity > self.idle_cap and not self.check_armed:
+            self._arm(proto)
+        self.turn_bytes += n
+        if self.turn_bytes >= _READ_SLICE:
+            self._yield_turn(proto)
         return 0
+
+    cdef int _yield_turn(self, object proto) except -1:
+        self.turn_bytes = 0
+        tr = proto.transport.underlying_transport
+        tr.pause_reading()
+        asyncio.get_running_loop().call_soon(self._resume, tr)
+        return 0
+
+    def _resume(self, tr):
+        if not self.dropping and not tr.is_closing():
+            tr.resume_reading()
 
     cdef int _http(self, object proto, object view, Py_ssize_t n) except -1:
         cdef bytearray head = self.head
@@ -195,7 +217,7 @@ cdef class Reader:
         if self.guard.refused:
             self._refuse(proto)
         elif self.buf is not None and self.buf.capacity > self.idle_cap:
-            self._shrink(proto)
+            self._arm(proto)
         return 0
 
     cdef bint _other_method(self, object proto, bytearray head) except -1:
@@ -224,12 +246,28 @@ cdef class Reader:
         proto.transport.underlying_transport.pause_reading()
         return 0
 
+    cdef int _arm(self, object proto) except -1:
+        """The buffer grew: look again once the connection has been quiet for SHRINK_AFTER
+        (a client streaming large messages keeps its buffer while it streams)."""
+        self.check_armed = True
+        asyncio.get_running_loop().call_later(SHRINK_AFTER, self._quiet_check, proto, self.reads)
+        return 0
+
+    def _quiet_check(self, proto, Py_ssize_t reads):
+        self.check_armed = False
+        if self.buf is None or self.buf.capacity <= self.idle_cap or self.dropping:
+            return
+        if reads != self.reads:          # still reading: look again later
+            self._arm(proto)
+            return
+        self._shrink(proto)
+
     cdef int _shrink(self, object proto) except -1:
         """Back to the idle capacity once what picows holds fits in half of it."""
         cdef MemoryBuffer buf = self.buf
         cdef Py_ssize_t used
         cdef char* data
-        if self.session.state > S_OPEN or proto.transport.is_close_frame_sent:
+        if self.session.state > S_OPEN or proto.transport.is_close_frame_sent or proto.transport.is_disconnected:
             return 0
         # where picows will write next = how much it holds (its frame under way starts at 0)
         used = _view_ptr(_get_buffer(proto, -1)) - buf.data
@@ -257,6 +295,8 @@ class Protocol(WSProtocol):
 
     def get_buffer(self, size_hint):
         view = _get_buffer(self, size_hint)
+        if len(view) > READ_SLICE:          # one read takes at most a slice
+            view = view[:READ_SLICE]
         self._view = view
         return view
 

@@ -18,14 +18,21 @@ before picows takes it:
   everything after it never do; the session answers PAYLOAD_TOO_LARGE + 1009 and the
   socket stops being read. Control frames are left to picows (it refuses those over
   125 bytes from their header itself);
-- after each read, the read buffer back to its idle size once a large message is gone
-  (compiled module only: picows' `MemoryBuffer` is reachable from C, not from Python,
-  so with the twins the buffer keeps its peak).
+- the read buffer back to its idle size once a large message is gone and the
+  connection has been quiet for `SHRINK_AFTER` (a client that keeps streaming keeps its
+  buffer while it streams); compiled module only: picows' `MemoryBuffer` is reachable
+  from C, not from Python, so with the twins the buffer keeps its peak;
+- fairness: one read takes at most `READ_SLICE` bytes, and a connection that has read
+  that much stops being read until the next loop turn (pause_reading, then
+  resume_reading from call_soon), so a flooding client cannot fill a whole turn with
+  its frames and hold up everyone else (and /healthz) while the others wait.
 
 The guard follows the stream with its own small state (the current header, the bytes
 of payload still to come, the running size of a fragmented message); it never looks at
 a payload byte, so its cost is a few operations per frame and per read.
 """
+import asyncio
+
 from picows.picows import WSProtocol
 
 from .framer_py import OPEN, Session
@@ -37,6 +44,8 @@ OP_CONT = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 HEAD_MAX = 65536       # bytes of an unfinished HTTP request kept for the method check
+READ_SLICE = 65536     # bytes one connection reads before it yields a loop turn to the others
+SHRINK_AFTER = 0.1     # seconds of quiet after which a grown read buffer is shrunk (compiled)
 
 
 class FrameGuard:
@@ -134,7 +143,7 @@ class Reader:
     """What one connection's `Protocol` keeps: the request while it arrives, then the
     session and its frame guard."""
 
-    __slots__ = ("answer_method", "head", "session", "guard", "dropping")
+    __slots__ = ("answer_method", "head", "session", "guard", "dropping", "turn_bytes")
 
     def __init__(self, proto, answer_method) -> None:
         self.answer_method = answer_method   # (method, target) -> WSUpgradeResponse, or None
@@ -142,6 +151,7 @@ class Reader:
         self.session = None      # the listener, once upgraded (a framer Session)
         self.guard = FrameGuard()
         self.dropping = False    # refused: nothing more goes to picows
+        self.turn_bytes = 0      # read since this connection last yielded a turn
 
     @property
     def capacity(self):
@@ -161,6 +171,20 @@ class Reader:
             _buffer_updated(proto, k)
         if guard.refused:
             self._refuse(proto)
+            return
+        self.turn_bytes += n
+        if self.turn_bytes >= READ_SLICE:
+            self._yield_turn(proto)
+
+    def _yield_turn(self, proto) -> None:
+        self.turn_bytes = 0
+        tr = proto.transport.underlying_transport
+        tr.pause_reading()
+        asyncio.get_running_loop().call_soon(self._resume, tr)
+
+    def _resume(self, tr) -> None:
+        if not self.dropping and not tr.is_closing():
+            tr.resume_reading()
 
     def _http(self, proto, view, n: int) -> None:
         head = self.head
@@ -227,6 +251,8 @@ class Protocol(WSProtocol):
 
     def get_buffer(self, size_hint):
         view = _get_buffer(self, size_hint)
+        if len(view) > READ_SLICE:          # one read takes at most a slice
+            view = view[:READ_SLICE]
         self._view = view
         return view
 

@@ -26,10 +26,10 @@ OP_CONT = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 HEAD_MAX = 65536
-READ_SLICE = 65536
+READ_SLICE = 16384
 SHRINK_AFTER = 0.1
 DEF _HEAD_MAX = 65536
-DEF _READ_SLICE = 65536
+DEF _READ_SLICE = 16384
 DEF _SIMD_PAD = 256          # picows keeps the last 256 bytes of its buffer for its parsers
 cdef bint _warned = False
 

@@ -44,7 +44,7 @@ OP_CONT = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 HEAD_MAX = 65536       # bytes of an unfinished HTTP request kept for the method check
-READ_SLICE = 65536     # bytes one connection reads before it yields a loop turn to the others
+READ_SLICE = 16384     # bytes one connection reads before it yields a loop turn to the others
 SHRINK_AFTER = 0.1     # seconds of quiet after which a grown read buffer is shrunk (compiled)
 
 

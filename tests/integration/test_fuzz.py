@@ -24,7 +24,9 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from tests.client import PING, PONG, TIMEOUT, UPGRADE_HEADERS, connect_authed, http_get, request, run  # noqa: E402
+from tests.client import (  # noqa: E402
+    PING, PONG, TIMEOUT, UPGRADE_HEADERS, connect_authed, http_get, parse_frames, request, run,
+)
 
 LIMIT = 2048
 YAML = f"""
@@ -84,7 +86,7 @@ def exchange(port: int, stream: bytes, timeout: float = 3.0) -> tuple[list, int 
     frames received (text as JSON without trace_id, binary as bytes) and the close code."""
     s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     try:
-        lines = [f"GET /v1/ws?tenant=fz&ticket=dev:fuzz HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+        lines = ["GET /v1/ws?tenant=fz&ticket=dev:fuzz HTTP/1.1", f"Host: 127.0.0.1:{port}"]
         lines += [f"{k}: {v}" for k, v in UPGRADE_HEADERS.items()]
         s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         buf = b""
@@ -100,15 +102,8 @@ def exchange(port: int, stream: bytes, timeout: float = 3.0) -> tuple[list, int 
         deadline = time.monotonic() + timeout
         s.settimeout(0.2)
         while time.monotonic() < deadline:
-            while len(buf) >= 2:
-                op, n, pos = buf[0] & 0x0F, buf[1] & 0x7F, 2
-                if n == 126:
-                    n, pos = int.from_bytes(buf[2:4], "big"), 4
-                elif n == 127:
-                    n, pos = int.from_bytes(buf[2:10], "big"), 10
-                if len(buf) < pos + n:
-                    break
-                payload, buf = buf[pos:pos + n], buf[pos + n:]
+            frames, buf = parse_frames(buf)
+            for op, payload in frames:
                 if op == 8:
                     return out[1:], (int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None)
                 if op == 1:

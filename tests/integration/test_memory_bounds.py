@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.client import (
-    PING, PONG, close_code_of, connect_authed, error_of, expect_close, http_get, mask_frame, raw_upgrade,
+    PING, PONG, close_code_of, connect_authed, error_of, http_get, mask_frame, parse_frames, raw_upgrade,
     read_frames, recv, recv_json, request, run,
 )
 from wsprism import _fast
@@ -243,7 +243,7 @@ def refused(s: socket.socket, timeout: float = 1.5) -> tuple[list, float]:
     t0 = time.monotonic()
     s.settimeout(timeout)
     data = b""
-    while b"\x88" not in data[-200:] or close_code_of(read_buf(data)) is None:
+    while b"\x88" not in data[-200:] or close_code_of(parse_frames(data)[0]) is None:
         try:
             chunk = s.recv(65536)
         except (socket.timeout, OSError):
@@ -251,22 +251,7 @@ def refused(s: socket.socket, timeout: float = 1.5) -> tuple[list, float]:
         if not chunk:
             break
         data += chunk
-    return read_buf(data), time.monotonic() - t0
-
-
-def read_buf(data: bytes) -> list:
-    frames = []
-    while len(data) >= 2:
-        op, n, pos = data[0] & 0x0F, data[1] & 0x7F, 2
-        if n == 126:
-            n, pos = int.from_bytes(data[2:4], "big"), 4
-        elif n == 127:
-            n, pos = int.from_bytes(data[2:10], "big"), 10
-        if len(data) < pos + n:
-            break
-        frames.append((op, data[pos:pos + n]))
-        data = data[pos + n:]
-    return frames
+    return parse_frames(data)[0], time.monotonic() - t0
 
 
 @pytest.mark.parametrize("opcode,counter", [(1, ("ext", "deny", "too_large")), (2, ("hot", "deny", "too_large"))])

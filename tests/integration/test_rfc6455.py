@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from tests.client import (
-    PING, PONG, TIMEOUT, UPGRADE_HEADERS, close_code_of, connect_authed, mask_frame, raw_upgrade, read_frames,
-    request, run,
+    PING, PONG, TIMEOUT, UPGRADE_HEADERS, close_code_of, connect_authed, http_raw, mask_frame,
+    raw_upgrade, read_frames, request, run,
 )
 
 PING_TEXT = json.dumps(PING).encode()
@@ -22,7 +22,7 @@ def g(gateway_factory):
 
 
 def still_fine(g) -> None:
-    status, _, body = raw_http(g.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = http_raw(g.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (status, body) == (200, b"ok\n")
 
     async def main():
@@ -30,28 +30,6 @@ def still_fine(g) -> None:
         assert await request(ws, PING) == PONG
         await ws.close()
     run(main())
-
-
-def raw_http(port: int, request_bytes: bytes) -> tuple[int, dict, bytes]:
-    """Send raw request bytes; (status, lower-cased headers, body) of the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
-        s.sendall(request_bytes)
-        data = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return int(status_line.split()[1]), headers, body
 
 
 def upgrade_request(port: int, headers: list[tuple[str, str]] | None = None, target: str = "/v1/ws?tenant=acme&ticket=dev",
@@ -154,16 +132,16 @@ def test_a_close_reason_that_is_not_utf8_is_1007(g):
 @pytest.mark.parametrize("version", ["7", "8", "12", "14", "", "13, 8", "thirteen"])
 def test_websocket_version_other_than_13_is_426_naming_13(g, version):
     headers = without(g.port, "Sec-WebSocket-Version") + [("Sec-WebSocket-Version", version)]
-    status, hdrs, body = raw_http(g.port, upgrade_request(g.port, headers))
+    status, hdrs, body = http_raw(g.port, upgrade_request(g.port, headers))
     assert status == 426 and hdrs["sec-websocket-version"] == "13", (status, hdrs, body)
     assert b"13" in body
 
 
 def test_missing_or_repeated_websocket_version_is_426(g):
-    status, hdrs, _ = raw_http(g.port, upgrade_request(g.port, without(g.port, "Sec-WebSocket-Version")))
+    status, hdrs, _ = http_raw(g.port, upgrade_request(g.port, without(g.port, "Sec-WebSocket-Version")))
     assert status == 426 and hdrs["sec-websocket-version"] == "13"
     twice = without(g.port, "Sec-WebSocket-Version") + [("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Version", "8")]
-    status, hdrs, _ = raw_http(g.port, upgrade_request(g.port, twice))
+    status, hdrs, _ = http_raw(g.port, upgrade_request(g.port, twice))
     assert status == 426 and hdrs["sec-websocket-version"] == "13"
 
 
@@ -181,14 +159,14 @@ def test_missing_or_repeated_websocket_version_is_426(g):
 ])
 def test_missing_duplicated_or_malformed_key_is_400(g, keys):
     headers = without(g.port, "Sec-WebSocket-Key") + [("Sec-WebSocket-Key", k) for k in keys]
-    status, _, body = raw_http(g.port, upgrade_request(g.port, headers))
+    status, _, body = http_raw(g.port, upgrade_request(g.port, headers))
     assert status == 400, body
 
 
 @pytest.mark.parametrize("hosts", [[], ["127.0.0.1", "127.0.0.1"], ["a.example", "b.example"], [""]])
 def test_missing_or_duplicated_host_is_400(g, hosts):
     headers = without(g.port, "Host") + [("Host", h) for h in hosts]
-    status, _, body = raw_http(g.port, upgrade_request(g.port, headers))
+    status, _, body = http_raw(g.port, upgrade_request(g.port, headers))
     assert status == 400, body
 
 
@@ -202,9 +180,9 @@ def test_a_correct_upgrade_still_switches(g):
 def test_refusals_are_counted_as_bad_request(g):
     before = g.call(lambda: (g.gw.unknown_stats.handshake_rejections["bad_request"],
                              g.gw.unknown_stats.upgrades.get("426", 0)))
-    raw_http(g.port, upgrade_request(g.port, without(g.port, "Host")))
+    http_raw(g.port, upgrade_request(g.port, without(g.port, "Host")))
     headers = without(g.port, "Sec-WebSocket-Version") + [("Sec-WebSocket-Version", "8")]
-    raw_http(g.port, upgrade_request(g.port, headers))
+    http_raw(g.port, upgrade_request(g.port, headers))
     after = g.call(lambda: (g.gw.unknown_stats.handshake_rejections["bad_request"],
                             g.gw.unknown_stats.upgrades.get("426", 0)))
     assert after == (before[0] + 2, before[1] + 1)
@@ -213,24 +191,27 @@ def test_refusals_are_counted_as_bad_request(g):
 # -- methods other than GET --------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "get", "CONNECT"])
-@pytest.mark.parametrize("target", ["/v1/ws?tenant=acme&ticket=dev", "/healthz", "/readyz", "/metrics"])
-def test_another_method_on_a_known_path_is_405_allow_get(g, method, target):
-    status, headers, _ = raw_http(g.port, upgrade_request(g.port, target=target, method=method))
-    assert status == 405 and headers["allow"] == "GET" and headers["connection"] == "close"
+@pytest.mark.parametrize("target", ["/v1/ws?tenant=acme&ticket=dev", "/healthz", "/readyz", "/metrics", "/nope"])
+def test_a_method_other_than_get_is_405_allow_get(g, method, target):
+    status, headers, body = http_raw(g.port, upgrade_request(g.port, target=target, method=method))
+    assert status == 405 and headers["allow"] == "GET" and headers["connection"] == "close", (status, headers)
+    assert b"GET" in body
     still_fine(g)
 
 
-def test_post_publish_on_the_gateway_port_is_404(g):
-    """/v1/publish is the server API's path (its own listener): not one this port serves."""
+def test_post_publish_on_the_gateway_port_is_405(g):
+    """The server API's path (on its own listener) sent to the gateway's port by mistake:
+    405 Allow: GET, and the body says where the API is (not picows' 400)."""
     body = b'{"tenant":"acme","room":"r","svc":"chat","type":"msg","data":{}}'
     req = (b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
            b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
-    status, headers, _ = raw_http(g.port, req)
-    assert status == 404 and "allow" not in headers
+    status, headers, answer = http_raw(g.port, req)
+    assert status == 405 and headers["allow"] == "GET"
+    assert b"gateway.api.listen" in answer
 
 
-def test_another_method_on_an_unknown_path_is_404(g):
-    status, headers, _ = raw_http(g.port, b"DELETE /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+def test_get_on_an_unknown_path_is_still_404(g):
+    status, headers, _ = http_raw(g.port, b"GET /v1/publish HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 404 and "allow" not in headers
 
 
@@ -246,5 +227,5 @@ def test_a_request_line_split_over_reads_is_still_answered_405(g):
 
 def test_405_on_the_ws_path_is_counted(g):
     before = g.call(lambda: g.gw.unknown_stats.upgrades.get("405", 0))
-    raw_http(g.port, upgrade_request(g.port, method="POST"))
+    http_raw(g.port, upgrade_request(g.port, method="POST"))
     assert g.call(lambda: g.gw.unknown_stats.upgrades.get("405", 0)) == before + 1

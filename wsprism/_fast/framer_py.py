@@ -1,8 +1,13 @@
 """Per-connection frame handling: every session is the picows listener of its
 connection (pure-Python twin of `framer_c`, which picows calls through its vtable).
 
-A frame's way in:
+A frame's way in (the reader, reader_py.py, has already refused any frame whose header
+announced more than the tenant's `max_frame_bytes`):
 
+- RFC 6455 first: a reserved bit set (no extension is negotiated) closes 1002; pings are
+  answered here (picows' auto-pong is off, so a ping with a reserved bit is refused like
+  any other frame); a client's close code is answered with the same code, or 1002 when
+  it is one a client must not send (`close_code_valid`);
 - text and binary frames, reassembled from fragments up to the tenant's
   `max_frame_bytes` (the limit is on the whole message);
 - both lanes first: size (PAYLOAD_TOO_LARGE, close 1009), then the rate limit (tokens

@@ -4,8 +4,8 @@
 or duplicated Host / 426 WebSocket version not 13 / 400 bad Sec-WebSocket-Key → 400
 bad query → 400 unknown tenant → 503 tenant full → 401 ticket refused. Every answer is
 a plain HTTP response; nothing is upgraded unless all pass. Also serves `/healthz`,
-`/readyz` and the metrics path on the same port, and answers a method other than GET
-(`other_method`, called by the reader before picows parses the request).
+`/readyz` and the metrics path on the same port, and answers a method other than GET with
+405 (`other_method`, called by the reader before picows parses the request).
 """
 import binascii
 import re
@@ -24,7 +24,6 @@ TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TICKET_RE = re.compile(r"[\x20-\x7e]{1,4096}")
 _KEYS = ("tenant", "ticket", "sid")
-_PLAIN_PATHS = (b"/healthz", b"/readyz")
 _ALLOW_GET = {"Allow": "GET"}
 
 
@@ -105,16 +104,11 @@ class Router:
         return self._reject(gw.unknown_stats, 404, "not found", "not_found")
 
     def other_method(self, method: bytes, target: bytes):
-        """A request whose method is not GET: 405 with `Allow: GET` on a path the gateway
-        serves, 404 elsewhere (a WSUpgradeResponse; the reader writes it and hangs up)."""
-        path = target.partition(b"?")[0]
-        gw = self.gw
-        if path == WS_PATH:
-            return self._reject(gw.unknown_stats, 405, "method not allowed: connect with GET", "bad_request",
-                                _ALLOW_GET).response
-        if path in _PLAIN_PATHS or path == gw.metrics_path or (path == b"/demo/" and gw.config.gateway.demo):
-            return http.plain(405, "method not allowed: use GET", _ALLOW_GET).response
-        return self._reject(gw.unknown_stats, 404, "not found", "not_found").response
+        """A request whose method is not GET, whatever its path: 405 with `Allow: GET`
+        (a WSUpgradeResponse; the reader writes it and hangs up). Everything this port
+        serves is a GET; the server API (POST /v1/publish ...) has its own listener."""
+        return self._reject(self.gw.unknown_stats, 405, "method not allowed: this port serves GET only "
+                            "(the server API listens on gateway.api.listen)", "bad_request", _ALLOW_GET).response
 
     def _reject(self, stats, status, body, reason, headers=None):
         stats.count_upgrade(status, reason)

@@ -7,7 +7,7 @@ work=$(mktemp -d)
 trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 python -m pip wheel -q --no-deps . -w "$work/dist"
 wheel=$(ls "$work"/dist/wsprism-*.whl)
-python -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); sys.exit(not all(any(n.startswith(f'wsprism/_fast/{m}.') and n.endswith('.so') for n in names) for m in ('bucket_c', 'utf8_c', 'hotheader_c', 'fanout_c', 'framer_c')))" "$wheel" \
+python -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); sys.exit(not all(any(n.startswith(f'wsprism/_fast/{m}.') and n.endswith('.so') for n in names) for m in ('bucket_c', 'utf8_c', 'hotheader_c', 'fanout_c', 'framer_c', 'reader_c')))" "$wheel" \
   || { echo "check_wheel: compiled modules missing from $wheel"; exit 1; }
 "${PYTHON:-python3}" -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "$wheel"

@@ -9,8 +9,7 @@ subclasses picows' `WSProtocol` and sits on the two calls every read goes throug
 before picows takes it:
 
 - before the upgrade: the request line. A method other than GET gets the router's
-  answer (405 with `Allow: GET` on a known path, 404 elsewhere) instead of picows'
-  400 "Unsupported HTTP method";
+  answer (405 with `Allow: GET`) instead of picows' 400 "Unsupported HTTP method";
 - after it, every frame header (`FrameGuard`): a data frame whose announced length,
   or a fragmented message whose announced fragments add up to more than the tenant's
   `max_frame_bytes`, is refused from its header (SPEC 5): the bytes before that header

@@ -265,6 +265,7 @@ def test_frame_sequences_get_their_documented_answer(g, health, items, last):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @settings(max_examples=FRAME_EXAMPLES * 20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(ok_item(), max_size=12), terminal())
@@ -437,6 +438,7 @@ def test_envelopes_get_their_documented_answer(g, health, texts):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @settings(max_examples=ENVELOPE_EXAMPLES * 20, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(envelope(), min_size=1, max_size=8))

@@ -27,6 +27,7 @@ OUTBOUND_MAX = 4 * MIB          # the default: 4 x outbound_high_water_bytes (1 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_thirty_non_readers_flooding_one_room_stay_within_the_memory_bound():
     runs = [hostile.flood(sys.executable, flooders=FLOODERS, readers=2, burst=400, size=3900) for _ in range(3)]
     for r in runs:

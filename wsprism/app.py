@@ -9,19 +9,11 @@ from ._fast import USING_EXTENSIONS
 from .auth import AuthSetupError
 from .config import ConfigError, load_config, split_listen
 from .gateway import Gateway
-from .ops import liveness
+from .ops import liveness, logs
 from .ops.api import ApiServer
 from .transport.server import start_server
 
 log = logging.getLogger("wsprism")
-
-
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-5s %(name)s > %(message)s",
-    )
-    logging.getLogger("wsprism.picows").setLevel(logging.WARNING)
 
 
 def install_loop() -> None:
@@ -63,9 +55,10 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
     listen = config.gateway.listen if port else f"{host}:{bound[1]}"
     log.info("wsPrism Gateway active at %s", listen)
     for tenant in config.tenants:
-        log.info('Loaded configuration for tenant: "%s"', tenant.id)
+        log.info('Loaded configuration for tenant: "%s"', tenant.id, extra={"tenant": tenant.id})
         if tenant.auth.mode == "dev":
-            log.warning('tenant "%s" uses auth.mode dev: any client can log in; do not use in production', tenant.id)
+            log.warning('tenant "%s" uses auth.mode dev: any client can log in; do not use in production',
+                        tenant.id, extra={"tenant": tenant.id})
     if not USING_EXTENSIONS:
         log.warning("compiled fast path not active: running the pure-Python twins")
     for warning in not_yet_supported(config):
@@ -121,12 +114,15 @@ def reload_from_file(gateway) -> bool:
     except (ConfigError, AuthSetupError) as exc:
         log.error("reload rejected, keeping the running configuration: %s", exc)
         return False
+    logs.apply(new.gateway.log)
     return True
 
 
-def run(config_path: str, log_level: str = "INFO") -> int:
-    setup_logging(log_level)
+def run(config_path: str, log_level: str | None = None, log_format: str | None = None) -> int:
+    """`wsprism start`: `log_level`/`log_format` from the command line win over `gateway.log`."""
+    logs.start(log_format, log_level)
     config = load_config(config_path)
+    logs.apply(config.gateway.log)
     install_loop()
     log.info("wsprism %s (compiled fast path %s)", __version__, "active" if USING_EXTENSIONS else "inactive")
     return asyncio.run(serve(config, config_path))

@@ -13,7 +13,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     start = sub.add_parser("start", help="run the gateway")
     start.add_argument("--config", default="wsprism.yaml", help="path to wsprism.yaml")
-    start.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    start.add_argument("--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="threshold (default: gateway.log.level, else INFO)")
+    start.add_argument("--log-format", choices=["text", "json"],
+                       help="text or JSON lines (default: gateway.log.format, else text)")
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("--config", default="wsprism.yaml")
     check.add_argument("--strict", action="store_true", help="also refuse auth.mode dev")
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "check":
         return _check(args.config, args.strict)
-    return _start(args.config, args.log_level)
+    return _start(args.config, args.log_level, args.log_format)
 
 
 def _fail(msg: str) -> int:
@@ -64,13 +67,13 @@ def _check(path: str, strict: bool) -> int:
     return EXIT_OK
 
 
-def _start(path: str, log_level: str) -> int:
+def _start(path: str, log_level: str | None, log_format: str | None) -> int:
     from .app import run
     from .auth import AuthSetupError
     from .config import ConfigError
 
     try:
-        return run(path, log_level)
+        return run(path, log_level, log_format)
     except ConfigError as exc:
         return _fail(f"invalid config {path}: {exc}")
     except AuthSetupError as exc:

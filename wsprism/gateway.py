@@ -18,6 +18,7 @@ from .core import codes
 from .core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_error, encode_sys
 from .core.session import CLOSED, OPEN, PENDING, Session
 from .core.tenant import TenantRuntime
+from .ops.logs import about
 from .ops.metrics import TenantStats, make_registry
 from .policy.defender import Defender
 from .policy.ext_lane import on_envelope
@@ -106,6 +107,9 @@ class Gateway:
             session.state = OPEN          # so the error frame goes out
             session.send_error(codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user")
             session.close(codes.CLOSE_TOO_MANY_SESSIONS, "too many sessions")
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("session refused: user at max_sessions_per_user",
+                          extra=about(session, code=codes.TOO_MANY_SESSIONS))
             return
         for victim in kick:
             victim.send(KICK_EXCEEDED)
@@ -120,6 +124,8 @@ class Gateway:
             data={"tenant": tenant.id, "user": session.user, "sid": session.sid},
             trace_id=session.trace_id,
         ))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session opened", extra=about(session))
 
     def set_expiry(self, session, exp: float | None) -> None:
         if session.exp_handle is not None:
@@ -153,6 +159,8 @@ class Gateway:
         if session.state == CLOSED:
             return
         self.detach(session)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("session closed", extra=about(session))
         session.state = CLOSED
         session.tenant.sessions.release()
         if session.close_handle is not None:
@@ -170,7 +178,8 @@ class Gateway:
         try:
             await self._deferred_auth_steps(session, auth)
         except Exception:               # a bug must not leave a session PENDING forever
-            log.exception('tenant "%s": auth webhook handling failed', session.tenant.id)
+            log.exception('tenant "%s": auth webhook handling failed', session.tenant.id,
+                          extra=about(session, code=codes.INTERNAL))
             if session.state == PENDING:
                 session.state = OPEN
                 session.send_error(codes.INTERNAL, "internal error")
@@ -183,7 +192,8 @@ class Gateway:
             ident = await auth.check(self.http, tenant.id, ticket, session.ip, session.sid)
         except WebhookRefused as exc:
             self._count_auth(tenant.id, exc.outcome)
-            log.debug('tenant "%s": auth webhook refused a session: %s', tenant.id, exc)
+            log.debug('tenant "%s": auth webhook refused a session: %s', tenant.id, exc,
+                      extra=about(session, code=codes.AUTH_FAILED))
             if session.state == PENDING:
                 session.state = OPEN          # so the error frame goes out
                 session.send_error(codes.AUTH_FAILED, "authentication refused")

@@ -68,6 +68,6 @@ def test_demo_page_only_when_enabled(gateway_factory):
     on = gateway_factory(YAML.replace('listen: "127.0.0.1:0"', 'listen: "127.0.0.1:0"\n  demo: true'))
     status, headers, body = http_get(on.port, "/demo/")
     assert status == 200 and headers["content-type"].startswith("text/html")
-    assert b"/v1/ws" in body
+    assert b'from "../client/wsprism.js"' in body
     off = gateway_factory(YAML)
     assert http_get(off.port, "/demo/")[0] == 404

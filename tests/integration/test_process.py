@@ -22,12 +22,12 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, cfg_path, port):
+    def __init__(self, cfg_path, port, args=()):
         self.port = port
         self.cfg_path = cfg_path
         self.log_path = str(cfg_path) + ".log"
         self.log = open(self.log_path, "w")
-        self.p = subprocess.Popen([PY, "-m", "wsprism", "start", "--config", str(cfg_path)],
+        self.p = subprocess.Popen([PY, "-m", "wsprism", "start", "--config", str(cfg_path), *args],
                                   stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + 10
         while "Gateway active at" not in self.text():

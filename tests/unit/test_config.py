@@ -156,6 +156,7 @@ def test_full_fixture_sets_every_key():
     assert gw.listen == "[::]:9443" and split_listen(gw.listen) == ("::", 9443)
     assert gw.handshake_limit.global_rps == 250.5 and gw.handshake_limit.per_ip_rps == 2.0
     assert gw.metrics == schema.MetricsConfig(enabled=False, path="/internal/metrics")
+    assert gw.log == schema.LogConfig(format="json", level="debug")
     assert gw.api.keys["bank"] == schema.ApiKey(file="/run/secrets/bank_api_key")
     assert gw.api.tls == schema.TlsConfig(cert_file="certs/api.pem", key_file="certs/api.key")
     assert cfg.broker.url.startswith("rediss://")
@@ -201,6 +202,7 @@ DEFAULT_GATEWAY = {
         "max_ip_entries": 50000,
     },
     "metrics": {"enabled": True, "path": "/metrics"},
+    "log": {"format": "text", "level": "info"},
     "outbound_high_water_bytes": 1048576,
     "outbound_max_bytes": None,
     "outbound_total_max_bytes": 268435456,
@@ -381,6 +383,7 @@ def test_idle_timeout_must_exceed_ping_interval():
         "gatway",
         "gateway.handshake_limit.enable",
         "gateway.metrics.paht",
+        "gateway.log.fmt",
         "gateway.api.keys.acme.envv",
         "gateway.api.tls.cert",
         "gateway.tls.cert",
@@ -419,6 +422,8 @@ def test_unknown_key_is_named_with_its_path(path):
         ("gateway.workers", "2", "gateway.workers: expected int, got str"),
         ("gateway.workers", 2.0, "gateway.workers: expected int, got float"),
         ("gateway.demo", "yes", "gateway.demo: expected bool, got str"),
+        ("gateway.log.format", "xml", "gateway.log.format: invalid value 'xml' (expected one of: json, text)"),
+        ("gateway.log.level", "INFO", "gateway.log.level: invalid value 'INFO' (expected one of: debug, error, info, warning)"),
         ("gateway.handshake_limit.enabled", 1, "gateway.handshake_limit.enabled: expected bool, got int"),
         ("gateway.trusted_proxies", "10.0.0.0/8", "gateway.trusted_proxies: expected list, got str"),
         ("gateway.api", [], "gateway.api: expected mapping or null, got list"),

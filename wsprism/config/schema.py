@@ -19,6 +19,7 @@ __all__ = [
     "HandshakeLimit",
     "HistoryConfig",
     "Limits",
+    "LogConfig",
     "MetricsConfig",
     "Policy",
     "ServiceConfig",
@@ -65,6 +66,14 @@ class MetricsConfig(_Section, kw_only=True):
     path: NonEmptyStr = "/metrics"
 
 
+class LogConfig(_Section, kw_only=True):
+    """Log lines on stderr: `text` for a terminal, `json` (one object per line) for a
+    log pipeline; lines below `level` are not written."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class TlsConfig(_Section, kw_only=True):
     """PEM files for wss:// (or https:// on the API listener)."""
 
@@ -97,6 +106,7 @@ class GatewayConfig(_Section, kw_only=True):
     drain_grace_ms: Annotated[int, Meta(ge=0, le=600_000)] = 2_000
     handshake_limit: HandshakeLimit = field(default_factory=HandshakeLimit)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     outbound_high_water_bytes: Positive = MIB
     outbound_max_bytes: Positive | None = None     # per session; None: 4 x outbound_high_water_bytes
     outbound_total_max_bytes: Positive = 256 * MIB  # all sessions of the process together

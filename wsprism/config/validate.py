@@ -18,7 +18,7 @@ EXT_PART_RE = re.compile(r"[A-Za-z0-9_.-]+")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 BUILTIN_SERVICES = frozenset({"room", "sys", "chat"})
-RESERVED_HTTP_PATHS = frozenset({"/v1/ws", "/healthz", "/readyz"})
+RESERVED_HTTP_PATHS = frozenset({"/v1/ws", "/v1/ws/check", "/healthz", "/readyz", "/demo"})
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
 
 
@@ -115,7 +115,7 @@ def _check_gateway(gw: GatewayConfig, has_broker: bool) -> None:
     mpath = gw.metrics.path
     if not mpath.startswith("/"):
         raise ConfigError("gateway.metrics.path", f"must start with '/', got {mpath!r}")
-    if mpath in RESERVED_HTTP_PATHS or mpath.startswith("/demo/"):
+    if mpath in RESERVED_HTTP_PATHS or mpath.startswith(("/demo/", "/client/")):
         raise ConfigError("gateway.metrics.path", f"{mpath!r} is already used by the gateway")
     for i, entry in enumerate(gw.trusted_proxies):
         try:

@@ -10,6 +10,7 @@ from time import perf_counter
 import msgspec
 
 from .._fast import counters as c
+from ..ops.logs import about
 from ..services import chat, room
 from ..services import sys as sys_service
 from ..services.base import DEFERRED, ServiceError
@@ -46,7 +47,8 @@ def dispatch(session, env, payload: bytes) -> None:
         session.send_error(exc.code, exc.msg, env.seq)
         return
     except Exception:
-        log.exception("service %s:%s failed", env.svc, env.type)
+        log.exception("service %s:%s failed", env.svc, env.type,
+                      extra=about(session, svc=env.svc, room=env.room, code=codes.INTERNAL))
         stats.service_errors_ext += 1
         session.send_error(codes.INTERNAL, "internal error", env.seq)
         return

@@ -143,3 +143,14 @@ def encode_message(svc: str, type_: str, room: str | None, data: Any, **extra: A
     if data is not msgspec.UNSET:
         out["data"] = data
     return _encoder.encode(out)
+
+
+def encode_room_parts(svc: str, type_: str, room: str, data: Any) -> tuple[bytes, bytes]:
+    """A room message in two parts, `head` = `{"v":1,"svc":..,"type":..,"room":..` and
+    `tail` = `,"data":..}` (or `}`): `head + tail` is `encode_message`'s output, and the
+    history's position (`,"offset":17,"epoch":"..."`) is spliced between them without
+    encoding the message again."""
+    head = _encoder.encode({"v": 1, "svc": svc, "type": type_, "room": room})[:-1]
+    if data is msgspec.UNSET:
+        return head, b"}"
+    return head, b',"data":%s}' % _encoder.encode(data)

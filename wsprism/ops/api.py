@@ -5,19 +5,24 @@
     POST /v1/disconnect  {"tenant","user","code"?,"reason"?}         → {"delivered": n}
     GET  /v1/presence?tenant=&room=&limit=                           → {"count": n, "users": [...]}
     GET  /v1/stats?tenant=                                           → {"sessions","rooms","users"}
+    GET  /v1/admin/state?tenant=&q=&offset=&limit=&top=              → the admin page's data (ops/admin.py)
+    GET  /admin/                                                     → the admin page (static, no data)
 
 `Authorization: Bearer <key>`; each key belongs to one tenant (`gateway.api.keys`, read
 from env or file at start and again after each reload, so a key file can be rotated). No or an unknown
 key → 401; a key of another tenant (or of no configured tenant) → 403. Bodies are strict
 JSON (unknown fields, wrong types → 400 naming the field), at most MAX_BODY bytes (413).
-Every answer is JSON; errors are `{"error": "...", "field"?: "..."}`. A request is
+Every answer but the admin page's files is JSON; errors are `{"error": "...", "field"?: "..."}`. A request is
 checked completely before anything is delivered, and delivery runs without yielding to
 the event loop, so nothing is ever half-applied.
 """
+import asyncio
+import functools
 import hmac
 import logging
 import os
 import re
+from importlib.resources import files
 from typing import Annotated
 
 import msgspec
@@ -28,6 +33,7 @@ from ..core import codes
 from ..core.envelope import encode_message
 from ..core.rooms import ROOM_NAME
 from ..core.session import OPEN
+from . import admin
 
 log = logging.getLogger("wsprism.api")
 
@@ -35,7 +41,8 @@ MAX_BODY = 1024 * 1024
 PRESENCE_DEFAULT = 1000
 PRESENCE_MAX = 10_000
 UNKNOWN_TENANT = "_unknown"
-ROUTES = ("publish", "send", "disconnect", "presence", "stats")
+ROUTES = {"/v1/publish": "publish", "/v1/send": "send", "/v1/disconnect": "disconnect",
+          "/v1/presence": "presence", "/v1/stats": "stats", "/v1/admin/state": "admin_state"}
 
 TenantId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 RoomName = Annotated[str, msgspec.Meta(pattern=f"^{ROOM_NAME.pattern}$")]
@@ -79,6 +86,32 @@ class PresenceQuery(_Req):
 
 class StatsQuery(_Req):
     tenant: TenantId
+
+
+class AdminStateQuery(_Req):
+    tenant: TenantId | None = None      # default: the key's tenant
+    q: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    offset: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=admin.SESSIONS_MAX)] = admin.SESSIONS_LIMIT
+    top: Annotated[int, msgspec.Meta(ge=0, le=admin.TOP_ROOMS_MAX)] = admin.TOP_ROOMS
+
+
+# The admin page's files: no data in them, so no key needed to fetch them; the page asks
+# for the key and sends it as a bearer header to the JSON routes (docs/operations.md).
+ADMIN_FILES = {"": ("index.html", "text/html"), "admin.js": ("admin.js", "text/javascript"),
+               "admin.css": ("admin.css", "text/css")}
+ADMIN_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+                               "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@functools.cache
+def _admin_file(name: str) -> bytes:
+    return files("wsprism.ops").joinpath("static", "admin", name).read_bytes()
 
 
 _encode = msgspec.json.Encoder().encode
@@ -144,12 +177,17 @@ class ApiServer:
         self.counts: dict[tuple[str, str, str], int] = {}
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
+        self.sampler = admin.Sampler(gateway)
+        self._sampling: asyncio.Task | None = None
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._middleware])
         app.router.add_post("/v1/publish", self.publish)
         app.router.add_post("/v1/send", self.send)
         app.router.add_post("/v1/disconnect", self.disconnect)
         app.router.add_get("/v1/presence", self.presence)
         app.router.add_get("/v1/stats", self.stats)
+        app.router.add_get("/v1/admin/state", self.admin_state)
+        app.router.add_get("/admin", self.admin_redirect)
+        app.router.add_get("/admin/{name:[a-z.]*}", self.admin_page)
         self.app = app
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -165,8 +203,12 @@ class ApiServer:
             raise
         self._runner = runner
         self.port = runner.addresses[0][1]
+        self._sampling = asyncio.get_running_loop().create_task(self.sampler.run())
 
     async def stop(self) -> None:
+        if self._sampling is not None:
+            self._sampling.cancel()
+            self._sampling = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -174,9 +216,8 @@ class ApiServer:
     # -- checks shared by every route ------------------------------------------------------
     @web.middleware
     async def _middleware(self, request: web.Request, handler):
-        route = request.path.rsplit("/", 1)[-1]
-        if route not in ROUTES:
-            route = "other"
+        path = request.path
+        route = ROUTES.get(path) or ("admin_page" if path == "/admin" or path.startswith("/admin/") else "other")
         try:
             resp = await handler(request)
         except ApiError as exc:
@@ -242,7 +283,7 @@ class ApiServer:
             req = msgspec.convert(dict(query), typ, strict=False)
         except msgspec.ValidationError as exc:
             raise _invalid(exc) from None
-        return req, self._tenant(key_tenant, req.tenant)
+        return req, self._tenant(key_tenant, req.tenant or key_tenant)   # optional only in AdminStateQuery
 
     # -- routes ------------------------------------------------------------------------------
     async def publish(self, request: web.Request) -> web.Response:
@@ -285,3 +326,20 @@ class ApiServer:
         req, tenant = self._query(request, StatsQuery)
         return _json({"sessions": tenant.sessions.count, "rooms": len(tenant.rooms.rooms),
                       "users": tenant.sessions.users})
+
+    async def admin_state(self, request: web.Request) -> web.Response:
+        req, tenant = self._query(request, AdminStateQuery)
+        state = admin.tenant_state(self.gateway, tenant, self.sampler, req.q, req.offset, req.limit, req.top)
+        resp = _json(state)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    async def admin_redirect(self, request: web.Request) -> web.Response:
+        return web.Response(status=308, headers={"Location": "admin/"})   # relative: behind a prefix too
+
+    async def admin_page(self, request: web.Request) -> web.Response:
+        found = ADMIN_FILES.get(request.match_info["name"])
+        if found is None:
+            raise ApiError(404, "not found")
+        name, ctype = found
+        return web.Response(body=_admin_file(name), content_type=ctype, charset="utf-8", headers=ADMIN_HEADERS)

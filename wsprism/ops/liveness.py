@@ -11,6 +11,7 @@ import logging
 
 from ..core import codes
 from ..core.session import OPEN
+from .logs import about
 
 log = logging.getLogger("wsprism.liveness")
 
@@ -46,4 +47,4 @@ def tick(session, idle_ticks: int) -> None:
     try:
         session.transport.send_ping()
     except Exception:  # transport already gone: on_ws_disconnected will clean up
-        log.debug("ping failed for %r", session)
+        log.debug("ping failed", extra=about(session))

@@ -7,7 +7,7 @@ and the fixed enums below, never anything a client sent.
 """
 from bisect import bisect_left
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 UNKNOWN_TENANT = "_unknown"
@@ -97,6 +97,11 @@ class TenantStats:
         return dict(zip(POLICY_KEYS, self.lane.snapshot()))
 
     @property
+    def slow_consumer_closes(self) -> int:
+        """Every 4005: the time rule and both memory rules."""
+        return self.writer_timeouts + self.outbound_max_closes + self.outbound_total_closes
+
+    @property
     def decode_errors(self) -> int:
         return self.lane.snapshot()[DECODE_ERRORS]
 
@@ -161,8 +166,13 @@ class GatewayCollector:
 
 
 def make_registry(gateway) -> CollectorRegistry:
+    """The gateway's metrics, plus the standard `process_*` ones (CPU seconds, resident
+    memory, open and maximum file descriptors, start time: read from /proc at scrape time),
+    so the dashboard and alerts can show the one core and the descriptor limit a gateway
+    lives within without a separate exporter."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(gateway))
+    ProcessCollector(registry=registry)
     return registry
 
 

@@ -28,6 +28,7 @@ from ..core import codes
 from ..core.envelope import FLAG_ACK_REQUESTED, Envelope, encode_ack, encode_error, encode_message
 from ..core.rooms import ROOM_NAME
 from ..core.session import OPEN
+from ..ops.logs import about
 
 log = logging.getLogger("wsprism.webhook")
 
@@ -117,7 +118,8 @@ class Forwarder:
                 try:
                     await self._call(session, env, payload, deadline)
                 except Exception:             # a bug must not stop the queue or leak out
-                    log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc)
+                    log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc,
+                                  extra=about(session, svc=self.svc, code=codes.INTERNAL))
                     session.send_error(codes.INTERNAL, "internal error", env.seq)
                 queue.popleft()
         finally:
@@ -196,7 +198,9 @@ class Forwarder:
         skipped, self._log_skipped = self._log_skipped, 0
         self._log_at = now
         more = f" ({skipped} more failures since the last report)" if skipped else ""
-        log.warning('tenant "%s" service "%s": %s: %s%s', self.tenant_id, self.svc, outcome, detail, more)
+        log.warning('tenant "%s" service "%s": %s: %s%s', self.tenant_id, self.svc, outcome, detail, more,
+                    extra={"tenant": self.tenant_id, "svc": self.svc,
+                           "code": codes.TIMEOUT if outcome == "timeout" else codes.INTERNAL})
 
 
 def build_forwarders(tenant_id: str, services: dict, current: dict) -> dict:

@@ -4,12 +4,15 @@
 or duplicated Host / 426 WebSocket version not 13 / 400 bad Sec-WebSocket-Key → 400
 bad query → 400 unknown tenant → 503 tenant full → 401 ticket refused. Every answer is
 a plain HTTP response; nothing is upgraded unless all pass. Also serves `/healthz`,
-`/readyz` and the metrics path on the same port, and answers a method other than GET with
-405 (`other_method`, called by the reader before picows parses the request).
+`/readyz` and the metrics path on the same port, `/v1/ws/check` (the same checks for a
+client that was refused: browsers only see close 1006, SPEC 16), with `gateway.demo`
+the JavaScript client and the demo page, and answers a method other than GET with 405
+(`other_method`, called by the reader before picows parses the request).
 """
 import binascii
 import re
 from base64 import b64decode
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 from picows.picows import _validate_upgrade_request
@@ -20,6 +23,9 @@ from ..ops.metrics import render
 from . import http
 
 WS_PATH = b"/v1/ws"
+CHECK_PATH = b"/v1/ws/check"
+# what /v1/ws/check tells a client, by the handshake rejection reason (metrics' label)
+CHECK_REASONS = {"rate_limited_global": "rate_limited", "rate_limited_ip": "rate_limited"}
 TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 SID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 TICKET_RE = re.compile(r"[\x20-\x7e]{1,4096}")
@@ -92,6 +98,8 @@ class Router:
         path, _, query = request.path.partition(b"?")
         if path == WS_PATH:
             return self._upgrade(request, query, proto)
+        if path == CHECK_PATH:
+            return self._check(request, query, proto)
         gw = self.gw
         if path == b"/healthz":
             return http.plain(200, "ok")
@@ -99,8 +107,12 @@ class Router:
             return http.plain(503, "draining") if gw.draining else http.plain(200, "ready")
         if path == gw.metrics_path:
             return http.ok(render(gw.metrics_registry), health.METRICS_CONTENT_TYPE)
-        if path == b"/demo/" and gw.config.gateway.demo:
-            return http.ok(health.demo_page(), "text/html; charset=utf-8")
+        if gw.config.gateway.demo:
+            if path == b"/demo":
+                return http.redirect("/demo/")
+            static = health.static_file(path)
+            if static is not None:
+                return http.ok(*static)
         return self._reject(gw.unknown_stats, 404, "not found", "not_found")
 
     def other_method(self, method: bytes, target: bytes):
@@ -115,14 +127,40 @@ class Router:
         return http.plain(status, body, headers)
 
     def _upgrade(self, request, query: bytes, proto):
+        if not _is_upgrade(request.headers):
+            return self._reject(self.gw.unknown_stats, 426, "upgrade required: this endpoint speaks WebSocket",
+                                "not_upgrade", {"Upgrade": "websocket"})
+        verdict = self._admit(request, query, proto, upgrade=True)
+        if isinstance(verdict, Refusal):
+            return self._reject(*verdict)
+        tenant, user, sid, ip, exp, ticket = verdict
+        tenant.stats.count_upgrade(101, None)
+        return self.gw.new_session(tenant, user, sid, ip, exp, ticket if tenant.authenticator.deferred else None)
+
+    def _check(self, request, query: bytes, proto):
+        """`GET /v1/ws/check?<the WebSocket URL's query>`: the upgrade's own checks, same
+        defender and counters, answered in JSON with the status the upgrade would get
+        (200 instead of 101). A webhook tenant's ticket is judged only after an upgrade
+        (4007), so here it passes. Any origin may ask: a page can learn nothing here that
+        opening the WebSocket would not tell it."""
+        verdict = self._admit(request, query, proto, upgrade=False)
+        if isinstance(verdict, Refusal):
+            stats, status, msg, reason, headers = verdict
+            stats.count_upgrade(status, reason)
+            body = {"reason": CHECK_REASONS.get(reason, reason), "msg": msg}
+            if headers and "Retry-After" in headers:
+                body["retry_after"] = int(headers["Retry-After"])
+            return http.json(status, body, headers)
+        verdict[0].stats.count_upgrade(200, None)
+        return http.json(200, {"reason": "ok", "msg": "the gateway would accept this handshake now"})
+
+    def _admit(self, request, query: bytes, proto, upgrade: bool):
+        """The checks from draining on: a Refusal, or what the new session needs."""
         gw = self.gw
         unknown = gw.unknown_stats
         headers = request.headers
-        if not _is_upgrade(headers):
-            return self._reject(unknown, 426, "upgrade required: this endpoint speaks WebSocket", "not_upgrade",
-                                {"Upgrade": "websocket"})
         if gw.draining:
-            return self._reject(unknown, 503, "draining", "draining")
+            return Refusal(unknown, 503, "draining", "draining")
         ip = ""
         defender = gw.defender
         if defender.enabled or gw.needs_peer_ip:
@@ -132,29 +170,30 @@ class Router:
                 verdict = defender.check(ip)
                 if verdict is not None:
                     reason, retry = verdict
-                    return self._reject(unknown, 429, "too many handshakes", reason, {"Retry-After": str(retry)})
-        connection = headers.get("Connection", "")
-        if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
-            headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
-        problem = ws_header_problem(headers)
-        if problem is not None:
-            status, body, extra = problem
-            return self._reject(unknown, status, body, "bad_request", extra)
-        try:
-            _validate_upgrade_request(request)
-        except RuntimeError:
-            return self._reject(unknown, 400, "bad WebSocket upgrade request", "bad_request")
+                    return Refusal(unknown, 429, "too many handshakes", reason, {"Retry-After": str(retry)})
+        if upgrade:
+            connection = headers.get("Connection", "")
+            if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
+                headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
+            problem = ws_header_problem(headers)
+            if problem is not None:
+                status, body, extra = problem
+                return Refusal(unknown, status, body, "bad_request", extra)
+            try:
+                _validate_upgrade_request(request)
+            except RuntimeError:
+                return Refusal(unknown, 400, "bad WebSocket upgrade request", "bad_request")
         try:
             tenant_id, ticket, sid = parse_query(query)
         except BadQuery as exc:
-            return self._reject(unknown, 400, str(exc), "bad_request")
+            return Refusal(unknown, 400, str(exc), "bad_request")
         tenant = gw.tenants.get(tenant_id)
         if tenant is None:
-            return self._reject(unknown, 400, "unknown tenant", "unknown_tenant")
+            return Refusal(unknown, 400, "unknown tenant", "unknown_tenant")
         stats = tenant.stats
         limit = tenant.limits.max_sessions_total
         if limit and tenant.sessions.count >= limit and not _replaces_live(tenant, ticket, sid):
-            return self._reject(stats, 503, "tenant at max_sessions_total", "tenant_full", {"Retry-After": "1"})
+            return Refusal(stats, 503, "tenant at max_sessions_total", "tenant_full", {"Retry-After": "1"})
         auth = tenant.authenticator
         if auth.deferred:
             user, exp = None, None
@@ -162,9 +201,17 @@ class Router:
             try:
                 user, exp = auth.authenticate(ticket)
             except AuthError:
-                return self._reject(stats, 401, "ticket rejected", "auth_failed")
-        stats.count_upgrade(101, None)
-        return gw.new_session(tenant, user, sid, ip, exp, ticket if auth.deferred else None)
+                return Refusal(stats, 401, "ticket rejected", "auth_failed")
+        return tenant, user, sid, ip, exp, ticket
+
+
+class Refusal(NamedTuple):
+    """A refused handshake: whose counters, HTTP status, body text, metrics reason, headers."""
+    stats: object
+    status: int
+    msg: str
+    reason: str
+    headers: dict | None = None
 
 
 def _replaces_live(tenant, ticket: str, sid: str | None) -> bool:

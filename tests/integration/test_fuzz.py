@@ -362,6 +362,18 @@ def envelope(draw):
     return text
 
 
+def has_lone_surrogate(value) -> bool:
+    """A string (key or value) that decoded to a lone surrogate: a pair decodes to one
+    code point above U+FFFF, so only an unpaired escape leaves U+D800-U+DFFF behind."""
+    if isinstance(value, str):
+        return any("\ud800" <= ch <= "\udfff" for ch in value)
+    if isinstance(value, list):
+        return any(has_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_lone_surrogate(k) or has_lone_surrogate(v) for k, v in value.items())
+    return False
+
+
 def is_int(v) -> bool:
     return type(v) is int
 
@@ -379,7 +391,7 @@ def expect_envelope(text: str, rooms: set):
         obj = json.loads(text)
     except ValueError:
         return [ERR("BAD_REQUEST")], 1008
-    lone = "\\ud800" in text
+    lone = has_lone_surrogate(obj)
     if depth_of(obj) > 65:
         return [ERR("BAD_REQUEST")], 1008
     if not isinstance(obj, dict) or "v" not in obj:

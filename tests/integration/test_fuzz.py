@@ -25,7 +25,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 from tests.client import (  # noqa: E402
-    PING, PONG, TIMEOUT, UPGRADE_HEADERS, connect_authed, http_get, parse_frames, request, run,
+    PING, PONG, connect_authed, http_get, parse_frames, raw_upgrade, request, run,
 )
 
 LIMIT = 2048
@@ -84,16 +84,9 @@ def frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, mas
 def exchange(port: int, stream: bytes, timeout: float = 3.0) -> tuple[list, int | None]:
     """Upgrade, send `stream`, read until the server's close frame (or EOF): the data
     frames received (text as JSON without trace_id, binary as bytes) and the close code."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    s = raw_upgrade(port, "tenant=fz&ticket=dev:fuzz")
     try:
-        lines = ["GET /v1/ws?tenant=fz&ticket=dev:fuzz HTTP/1.1", f"Host: 127.0.0.1:{port}"]
-        lines += [f"{k}: {v}" for k, v in UPGRADE_HEADERS.items()]
-        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         buf = b""
-        while b"\r\n\r\n" not in buf:
-            buf += s.recv(4096)
-        head, _, buf = buf.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
         try:
             s.sendall(stream)
         except OSError:

@@ -10,7 +10,18 @@ import sys
 
 from setuptools import Extension, setup
 
-FAST_MODULES = ["bucket_c", "utf8_c", "hotheader_c", "fanout_c", "framer_c", "reader_c"]
+# module -> source. Twins that are pure logic are compiled from their own Python source,
+# typed by the module's augmenting .pxd (bucket_c.pxd, hotheader_c.pxd), as aiohttp builds
+# reader_c from reader_py.py: the pair cannot drift.
+FAST_MODULES = {
+    "codes_c": "codes_c.pyx",
+    "bucket_c": "bucket_py.py",
+    "utf8_c": "utf8_c.pyx",
+    "hotheader_c": "hotheader_py.py",
+    "fanout_c": "fanout_c.pyx",
+    "framer_c": "framer_c.pyx",
+    "reader_c": "reader_c.pyx",
+}
 
 NO_EXTENSIONS = bool(os.environ.get("WSPRISM_NO_EXTENSIONS")) or platform.python_implementation() != "CPython"
 DEBUG = bool(os.environ.get("WSPRISM_CYTHON_DEBUG"))
@@ -23,12 +34,12 @@ def _extensions():
     exts = [
         Extension(
             f"wsprism._fast.{name}",
-            [f"wsprism/_fast/{name}.pyx"],
+            [f"wsprism/_fast/{source}"],
             define_macros=macros,
             # Same IEEE results as the Python twins: no fused multiply-add contraction.
             extra_compile_args=["-O2", "-ffp-contract=off"],
         )
-        for name in FAST_MODULES
+        for name, source in FAST_MODULES.items()
     ]
     directives = {
         "language_level": 3,

@@ -2,11 +2,13 @@
 
     python benches/backend_bench.py [--conns 50] [--window 8] [--seconds 5]
                                     [--room 1000] [--publishes 200] [--interval-ms 50]
-                                    [--procs 2] [--profile FILE]
+                                    [--procs 2] [--batch N] [--phases ping,webhook,publish]
+                                    [--profile FILE]
 
 Starts three kinds of processes on 127.0.0.1 and stops them all at the end:
 - a trivial backend (aiohttp + uvloop; POST /svc answers `{"reply":1}` without
-  parsing the request), from this file with `--serve-backend PORT`;
+  parsing the request; POST /batch, used with `--batch N`, counts the entries and
+  answers `{"batch":[{"reply":1}, ...]}`), from this file with `--serve-backend PORT`;
 - the gateway (`python -m wsprism start`) with a webhook service `bk` and the API on;
 - `--procs` client processes (picows + uvloop).
 
@@ -60,7 +62,8 @@ tenants:
       rate_limit_burst: 1000000
       sessions: {{max_sessions_per_user: 4}}
     services:
-      bk: {{webhook: "http://127.0.0.1:{backend}/svc", timeout_ms: 10000, max_inflight_per_session: 64}}
+      bk: {{webhook: "http://127.0.0.1:{backend}/{path}", timeout_ms: 10000, max_inflight_per_session: 64,
+            batch_max_messages: {batch}}}
 """
 
 
@@ -90,8 +93,13 @@ def serve_backend(port: int) -> None:
         await request.read()
         return web.Response(body=answer, content_type="application/json")
 
+    async def batch(request: web.Request) -> web.Response:
+        n = len(json.loads(await request.read())["batch"])
+        return web.Response(body=b'{"batch":[%b]}' % b",".join([answer] * n), content_type="application/json")
+
     app = web.Application()
     app.router.add_post("/svc", svc)
+    app.router.add_post("/batch", batch)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
@@ -217,6 +225,11 @@ def cpu_seconds(proc) -> float:
     return t.user + t.system
 
 
+def cpu_split(proc) -> tuple[float, float]:
+    t = proc.cpu_times()
+    return t.user, t.system
+
+
 def metric(port: int, name: str, labels: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for line in text.splitlines():
@@ -234,11 +247,11 @@ def webhook_phase(args, gw_port, gw_proc, be_proc, role="webhook") -> dict:
     for _, pipe in clients:
         pipe.send((m0, m1))
     time.sleep(max(0.0, (m0 - time.monotonic_ns()) / 1e9))
-    g0, b0 = cpu_seconds(gw_proc), cpu_seconds(be_proc)
+    g0, b0, gs0 = cpu_seconds(gw_proc), cpu_seconds(be_proc), cpu_split(gw_proc)[1]
     d_sum0 = metric(gw_port, "wsprism_webhook_duration_seconds_sum", 'service="bk"')
     d_cnt0 = metric(gw_port, "wsprism_webhook_duration_seconds_count", 'service="bk"')
     time.sleep(max(0.0, (m1 - time.monotonic_ns()) / 1e9))
-    g1, b1 = cpu_seconds(gw_proc), cpu_seconds(be_proc)
+    g1, b1, gs1 = cpu_seconds(gw_proc), cpu_seconds(be_proc), cpu_split(gw_proc)[1]
     d_sum1 = metric(gw_port, "wsprism_webhook_duration_seconds_sum", 'service="bk"')
     d_cnt1 = metric(gw_port, "wsprism_webhook_duration_seconds_count", 'service="bk"')
     results = collect(clients)
@@ -251,6 +264,7 @@ def webhook_phase(args, gw_port, gw_proc, be_proc, role="webhook") -> dict:
         "rtt_p99_ms": pct(lat, 0.99) / 1e6,
         "backend_rtt_mean_ms": (d_sum1 - d_sum0) / max(1.0, d_cnt1 - d_cnt0) * 1e3,
         "gateway_cpu_us_per_msg": (g1 - g0) / max(1, n) * 1e6,
+        "gateway_sys_us_per_msg": (gs1 - gs0) / max(1, n) * 1e6,
         "backend_cpu_us_per_msg": (b1 - b0) / max(1, n) * 1e6,
         "gateway_cpu_share": (g1 - g0) / secs,
         "errors": sum(r["errors"] for r in results),
@@ -342,6 +356,11 @@ def main(argv=None) -> int:
     p.add_argument("--interval-ms", type=float, default=50.0, help="between publishes")
     p.add_argument("--procs", type=int, default=2, help="client processes")
     p.add_argument("--profile", metavar="FILE", help="run the gateway under cProfile, stats to FILE")
+    p.add_argument("--batch", type=int, default=1,
+                   help="batch_max_messages of the service (1 = one message per POST, the default)")
+    p.add_argument("--phases", default="ping,webhook,publish",
+                   help="which measurements to run (comma list of ping, webhook, publish)")
+    p.add_argument("--json", metavar="FILE", help="append the results as one JSON line to FILE")
     p.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_backend:
@@ -353,7 +372,8 @@ def main(argv=None) -> int:
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "bench.yaml"
-        cfg.write_text(GATEWAY_YAML.format(gw=gw_port, api=api_port, backend=be_port))
+        cfg.write_text(GATEWAY_YAML.format(gw=gw_port, api=api_port, backend=be_port,
+                                           path="batch" if args.batch > 1 else "svc", batch=args.batch))
         log = open(Path(tmp) / "gateway.log", "w")
         env = dict(os.environ, WSPRISM_BENCH_API_KEY=API_KEY, PYTHONPATH=str(ROOT))
         try:
@@ -367,9 +387,11 @@ def main(argv=None) -> int:
             wait_http(f"http://127.0.0.1:{gw_port}/healthz", deadline)
             wait_tcp(be_port, deadline)
             wait_tcp(api_port, deadline)
-            base = webhook_phase(args, gw_port, psutil.Process(gateway.pid), psutil.Process(backend.pid), "ping")
-            a = webhook_phase(args, gw_port, psutil.Process(gateway.pid), psutil.Process(backend.pid))
-            b = publish_phase(args, gw_port, api_port, psutil.Process(gateway.pid))
+            phases = set(args.phases.split(","))
+            gw, be = psutil.Process(gateway.pid), psutil.Process(backend.pid)
+            base = webhook_phase(args, gw_port, gw, be, "ping") if "ping" in phases else None
+            a = webhook_phase(args, gw_port, gw, be) if "webhook" in phases else None
+            b = publish_phase(args, gw_port, api_port, gw) if "publish" in phases else None
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -380,16 +402,24 @@ def main(argv=None) -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             log.close()
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"kind": "backend", "batch": args.batch, "conns": args.conns, "window": args.window,
+                                "seconds": args.seconds, "load": os.getloadavg()[0],
+                                "ping": base, "webhook": a, "publish": b}) + "\n")
     print(f"cores: {os.cpu_count()}  python: {sys.version.split()[0]}")
-    print(f"baseline sys:ping (no backend)  conns={args.conns} window={args.window} seconds={args.seconds}")
-    for k in ("messages_per_s", "rtt_p50_ms", "rtt_p99_ms", "gateway_cpu_us_per_msg", "gateway_cpu_share"):
-        print(f"  {k:28} {base[k]:,.3f}")
-    print(f"webhook  conns={args.conns} window={args.window} seconds={args.seconds}")
-    for k, v in a.items():
-        print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
-    print(f"publish  room={args.room} publishes={args.publishes} (one every {args.interval_ms:g} ms)")
-    for k, v in b.items():
-        print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
+    if base:
+        print(f"baseline sys:ping (no backend)  conns={args.conns} window={args.window} seconds={args.seconds}")
+        for k in ("messages_per_s", "rtt_p50_ms", "rtt_p99_ms", "gateway_cpu_us_per_msg", "gateway_cpu_share"):
+            print(f"  {k:28} {base[k]:,.3f}")
+    if a:
+        print(f"webhook  conns={args.conns} window={args.window} seconds={args.seconds} batch={args.batch}")
+        for k, v in a.items():
+            print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
+    if b:
+        print(f"publish  room={args.room} publishes={args.publishes} (one every {args.interval_ms:g} ms)")
+        for k, v in b.items():
+            print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
     return 0
 
 

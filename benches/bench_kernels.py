@@ -21,12 +21,15 @@ import types
 import pytest
 
 from wsprism._fast import (
-    bucket_c, bucket_py, fanout_c, fanout_py, framer_c, framer_py, hotheader_c, hotheader_py, utf8_c, utf8_py,
+    bucket_c, bucket_py, codes_c, codes_py, fanout_c, fanout_py, framer_c, framer_py, hotheader_c, hotheader_py,
+    utf8_c, utf8_py,
 )
 
 IMPLS = {
-    "cython": types.SimpleNamespace(bucket=bucket_c, fanout=fanout_c, framer=framer_c, hot=hotheader_c, utf8=utf8_c),
-    "python": types.SimpleNamespace(bucket=bucket_py, fanout=fanout_py, framer=framer_py, hot=hotheader_py, utf8=utf8_py),
+    "cython": types.SimpleNamespace(bucket=bucket_c, codes=codes_c, fanout=fanout_c, framer=framer_c,
+                                    hot=hotheader_c, utf8=utf8_c),
+    "python": types.SimpleNamespace(bucket=bucket_py, codes=codes_py, fanout=fanout_py, framer=framer_py,
+                                    hot=hotheader_py, utf8=utf8_py),
 }
 
 
@@ -38,10 +41,12 @@ def impl(request):
 def make_session(ns, loop):
     lane = ns.framer.LanePolicy()
     lane.configure(65536, True, True, ns.hot.HotAllowlist(["1:*"]), None)
+    hot = [None] * 256
+    hot[1] = ns.framer.RELAY
+    lane.set_hot_handlers(hot)
     lane.hist_hot = types.SimpleNamespace(observe=lambda s: None)
-    tenant = types.SimpleNamespace(lane=lane)
-    gateway = types.SimpleNamespace(corker=ns.fanout.Corker(loop))
-    s = ns.framer.Session(gateway, tenant, "u", "s", "", None)
+    host = types.SimpleNamespace(corker=ns.fanout.Corker(loop))
+    s = ns.framer.Conn(host, lane)
     s.state = 1                                   # OPEN
     s.bucket = ns.bucket.TokenBucket(1e12, 1e12)
     s.paused = True                               # over the mark: lossy frames are dropped
@@ -53,8 +58,8 @@ HOT_FRAME = bytes([1, 1, 0x01, 1, 0, 0, 0]) + b"p" * 64
 
 
 @pytest.mark.parametrize("group,in_room,counter", [
-    ("hot_frame", True, "C_HOT_ALLOW"),                   # relayed
-    ("hot_checks_inline", False, "C_HOT_NO_ACTIVE_ROOM"),  # all checks, then dropped silently
+    ("hot_frame", True, "C_HOT_ALLOW_OK"),                     # relayed
+    ("hot_checks_inline", False, "C_HOT_DROP_NO_ACTIVE_ROOM"),  # all checks, then dropped silently
 ])
 def test_hot_session(benchmark, impl, group, in_room, counter):
     name, ns = impl
@@ -65,7 +70,7 @@ def test_hot_session(benchmark, impl, group, in_room, counter):
     if not in_room:
         s.room_members = None
     benchmark(s.on_binary, HOT_FRAME)
-    assert s.lane.snapshot()[getattr(ns.framer, counter)] > 0
+    assert s.lane.snapshot()[getattr(ns.codes.Counter, counter)] > 0
     loop.close()
 
 

@@ -5,5 +5,6 @@ The default `pytest` run only looks in tests/ (pyproject testpaths). The load ge
 scripts, baseline servers, configs and results here are programs and data, not tests:
 they are never collected, even when benches/ is given to pytest.
 """
-collect_ignore = ["load.py", "run_all.py", "browser_reconnect.py"]
-collect_ignore_glob = ["baselines/*", "configs/*", "results/*"]
+collect_ignore = ["load.py", "run_all.py", "browser_reconnect.py", "idle_memory.py", "backend_bench.py",
+                  "services_bench.py", "services_app.py", "stuck_reader.py", "ab.py"]
+collect_ignore_glob = ["configs/*", "results/*"]

@@ -10,7 +10,6 @@ from .auth import AuthSetupError
 from .config import ConfigError, load_config, split_listen
 from .gateway import Gateway
 from .ops import liveness, logs
-from .ops.api import ApiServer
 from .transport.server import start_server
 
 log = logging.getLogger("wsprism")
@@ -34,23 +33,27 @@ def make_ssl(tls):
 
 async def serve(config, config_path: str | None = None, ready=None) -> int:
     """Run until drained. `ready(gateway, server)` is called once listening (tests)."""
-    gateway = Gateway(config, config_path)
-    gateway.stopped = asyncio.Event()
+    gateway = Gateway(config, config_path)      # imports Python services, reads API keys
+    api = gateway.api
     api_cfg = config.gateway.api
-    api = ApiServer(gateway, api_cfg) if api_cfg is not None else None   # reads the API keys
     api_ssl = make_ssl(api_cfg.tls) if api_cfg is not None else None
+    await gateway.start_services()              # their on_start, before any client comes
     host, port = split_listen(config.gateway.listen)
-    server = await start_server(gateway, host, port, ssl=make_ssl(config.gateway.tls),
-                                reuse_port=config.gateway.workers > 1)
+    try:
+        server = await start_server(gateway, host, port, ssl=make_ssl(config.gateway.tls),
+                                    reuse_port=config.gateway.workers > 1)
+    except BaseException:
+        await gateway.stop_services()
+        raise
     if api is not None:
         try:
             await api.start(api_ssl)
         except BaseException:
             server.close()
+            await gateway.stop_services()
             raise
         api_host = split_listen(api_cfg.listen)[0]
         log.info("server API active at %s://%s:%d", "https" if api_ssl else "http", api_host, api.port)
-    gateway.api = api
     bound = server.sockets[0].getsockname()
     listen = config.gateway.listen if port else f"{host}:{bound[1]}"
     log.info("wsPrism Gateway active at %s", listen)
@@ -64,12 +67,11 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
     for warning in not_yet_supported(config):
         log.warning(warning)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
 
     def on_stop_signal() -> None:
-        if not stop.is_set():
+        if not gateway.stop_requested.is_set():
             log.info("signal received: draining")
-            stop.set()
+            gateway.request_stop()
 
     def on_reload_signal() -> None:
         reload_from_file(gateway)
@@ -79,14 +81,14 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
             loop.add_signal_handler(sig, on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
     sweeper = loop.create_task(liveness.run(gateway))
-    gateway.request_stop = stop.set
     if ready is not None:
         ready(gateway, server)
-    await stop.wait()
+    await gateway.stop_requested.wait()
     await gateway.drain()
     server.close()
     if api is not None:
         await api.stop()
+    await gateway.stop_services()
     await gateway.http.close()
     sweeper.cancel()
     log.info("stopped")

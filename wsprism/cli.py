@@ -50,11 +50,15 @@ def _fail(msg: str) -> int:
 def _check(path: str, strict: bool) -> int:
     from .auth import AuthSetupError, make_authenticator
     from .config import ConfigError, load_config
+    from .services.python import service_class
 
     try:
         cfg = load_config(path)
-        for tenant in cfg.tenants:
+        for i, tenant in enumerate(cfg.tenants):
             make_authenticator(tenant.auth)
+            for name, svc in tenant.services.items():
+                if svc.python is not None:       # imported and checked, not built
+                    service_class(f"tenants[{i}].services.{name}", svc)
     except ConfigError as exc:
         return _fail(f"invalid config {path}: {exc}")
     except AuthSetupError as exc:
@@ -71,6 +75,7 @@ def _start(path: str, log_level: str | None, log_format: str | None) -> int:
     from .app import run
     from .auth import AuthSetupError
     from .config import ConfigError
+    from .gateway import StartupError
 
     try:
         return run(path, log_level, log_format)
@@ -78,7 +83,7 @@ def _start(path: str, log_level: str | None, log_format: str | None) -> int:
         return _fail(f"invalid config {path}: {exc}")
     except AuthSetupError as exc:
         return _fail(f"invalid config {path}: auth: {exc}")
-    except OSError as exc:
+    except (OSError, StartupError) as exc:
         return _fail(f"cannot start: {exc}")
     except KeyboardInterrupt:
         return EXIT_OK

@@ -1,40 +1,38 @@
-"""The gateway's process-wide state and the life of a session (composition root).
+"""The gateway of one process: the composition root.
 
-Builds one `TenantRuntime` per configured tenant, admits sessions after the upgrade
-(same-sid replacement, per-user limits), detaches them, and runs drain and reload.
+`Gateway.__init__` builds every part once and holds it; nothing is attached later.
+
+    corker, http           the write corker of the loop, the pooled HTTP client
+    lifecycle              the host of every session's listener (lifecycle.py)
+    tenants                one assembled Tenant per configured tenant (assembly.py)
+    defender, router       the handshake defender and picows' listener factory
+    metrics_registry, api  /metrics, and the server API (ops/api.py; None when off)
+
+It also runs what concerns the whole process: starting and stopping the Python
+services, drain and reload.
 """
 import asyncio
 import logging
-import time
-
-import msgspec
 
 from . import _fast
+from .assembly import apply, build_tenant
 from .auth import make_authenticator
-from .auth.webhook import WebhookRefused
 from .backend.http import HttpClient
 from .backend.metrics import backend_metrics
 from .core import codes
-from .core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_error, encode_sys
-from .core.session import CLOSED, OPEN, PENDING, Session
-from .core.tenant import TenantRuntime
-from .ops.logs import about
-from .ops.metrics import TenantStats, make_registry
+from .core.session import Session
+from .core.stats import TenantStats
+from .lifecycle import Lifecycle
+from .ops.api import ApiServer
+from .ops.metrics import make_registry
 from .policy.defender import Defender
-from .policy.ext_lane import on_envelope
-from .policy.ratelimit import new_session_bucket
-from .policy.sessions import over_limit
-from .services.base import ServiceError
-from .services.sys import confirm_refresh
 from .transport.handshake import Router
 
 log = logging.getLogger("wsprism.gateway")
 
-# The framer (hot path) hands every checked text message to the Ext Lane.
-_fast.install(on_envelope, encode_error)
 
-KICK_REPLACED = encode_sys("kicked", data={"reason": "replaced"})
-KICK_EXCEEDED = encode_sys("kicked", data={"reason": "max_sessions_exceeded"})
+class StartupError(Exception):
+    """Something the config names could not start (a Python service's on_start raised)."""
 
 
 def restart_changes(old, new):
@@ -53,224 +51,99 @@ def restart_changes(old, new):
 
 class Gateway:
     def __init__(self, config, config_path: str | None = None) -> None:
+        g = config.gateway
         self.config = config
         self.config_path = config_path
-        self.tenants: dict[str, TenantRuntime] = {}
-        for tcfg in config.tenants:
-            self.tenants[tcfg.id] = TenantRuntime(tcfg, config.gateway)   # may raise AuthSetupError
-        self.unknown_stats = TenantStats()
-        self.draining = False
-        self.stopped: asyncio.Event | None = None
-        g = config.gateway
+        # one write per connection per loop turn, within the outbound memory budget (SPEC 5)
+        self.corker = _fast.Corker(None, g.outbound_max, g.outbound_total_max_bytes)
+        self.http = HttpClient()                # the one pooled client for webhooks (backend/http.py)
+        self.tenants: dict = {}                 # tenant id -> core Tenant
+        self.lifecycle = Lifecycle(self.corker, self.tenants, g.outbound_high_water_bytes, self._maybe_stopped)
+        for i, tcfg in enumerate(config.tenants):
+            # AuthSetupError, or ConfigError for a Python service that does not load
+            self.tenants[tcfg.id] = build_tenant(i, tcfg, g, self.http, self.lifecycle)
+        self.unknown_stats = TenantStats()      # handshakes refused before a tenant was known
         self.defender = Defender(g.handshake_limit, g.trusted_proxies)
         self.metrics_path = g.metrics.path.encode() if g.metrics.enabled else None
         self.metrics_registry = make_registry(self)
-        self.high_water = g.outbound_high_water_bytes
         self.router = Router(self)
-        # one write per connection per loop turn; the outbound memory budget (SPEC 5)
-        self.corker = _fast.Corker(None, g.outbound_max, g.outbound_total_max_bytes)
-        self.http = HttpClient()            # the one pooled client for webhooks (backend/http.py)
-        self.auth_outcomes: dict[tuple[str, str], int] = {}   # (tenant, outcome) of auth webhooks
+        self.api = ApiServer(self, g.api) if g.api is not None else None   # reads the API keys
+        self.stop_requested = asyncio.Event()   # a signal, or request_stop()
+        self.stopped = asyncio.Event()          # draining, and the last session is gone
+        self.needs_peer_ip = False
         self._update_needs_ip()
+        # built once, at start (a reload never imports or builds one): (config path, PythonService)
+        self.python_services = [
+            (f"tenants[{i}].services.{name}", service)
+            for i, tenant in enumerate(self.tenants.values()) for name, service in tenant.services.items()
+        ]
+
+    @property
+    def draining(self) -> bool:
+        """True from the stop signal on (held by the lifecycle, which refuses late admissions)."""
+        return self.lifecycle.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.lifecycle.draining = value
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
 
     def _update_needs_ip(self) -> None:
-        self.needs_peer_ip = any(t.authenticator.deferred for t in self.tenants.values())
+        self.needs_peer_ip = any(t.auth.deferred for t in self.tenants.values())
 
     # -- sessions ----------------------------------------------------------------------
     def new_session(self, tenant, user, sid, ip, exp, deferred_ticket=None) -> Session:
         """Called by the router once every pre-upgrade check passed."""
         tenant.sessions.reserve()
-        conn = Session(self, tenant, user, sid, ip, exp)
-        conn.pending_ticket = deferred_ticket     # held until the auth webhook answers
-        return conn
+        session = Session(self.lifecycle, tenant, user, sid, ip, exp)
+        session.pending_ticket = deferred_ticket     # held until the auth webhook answers
+        return session
 
-    def on_connected(self, session) -> None:
-        session.transport.underlying_transport.set_write_buffer_limits(high=self.high_water)
-        if session.tenant.authenticator.deferred:
-            self.start_deferred_auth(session)
-            return
-        self.admit(session)
+    def session_count(self) -> int:
+        return sum(t.sessions.count for t in self.tenants.values())
 
-    def admit(self, session) -> None:
-        """The user is known: apply the session policy, then greet with `authed`."""
-        tenant = session.tenant
-        reg = tenant.sessions
-        if session.sid is None:
-            session.sid = session.trace_id
-        old = reg.find(session.user, session.sid)
-        if old is not None:
-            old.send(KICK_REPLACED)
-            old.close(codes.CLOSE_KICKED, "replaced")
-        denied, kick = over_limit(reg, session.user, tenant.policy)
-        if denied:
-            tenant.stats.handshake_rejections["too_many_sessions"] += 1
-            session.state = OPEN          # so the error frame goes out
-            session.send_error(codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user")
-            session.close(codes.CLOSE_TOO_MANY_SESSIONS, "too many sessions")
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("session refused: user at max_sessions_per_user",
-                          extra=about(session, code=codes.TOO_MANY_SESSIONS))
-            return
-        for victim in kick:
-            victim.send(KICK_EXCEEDED)
-            victim.close(codes.CLOSE_KICKED, "max sessions exceeded")
-        reg.add(session)
-        session.registered = True
-        session.state = OPEN
-        session.bucket = new_session_bucket(tenant.policy)
-        self.set_expiry(session, session.ticket_exp)
-        session.send(encode_sys(
-            "authed",
-            data={"tenant": tenant.id, "user": session.user, "sid": session.sid},
-            trace_id=session.trace_id,
-        ))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("session opened", extra=about(session))
-
-    def set_expiry(self, session, exp: float | None) -> None:
-        if session.exp_handle is not None:
-            session.exp_handle.cancel()
-            session.exp_handle = None
-        session.ticket_exp = exp
-        if exp is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, exp + session.tenant.authenticator.leeway - time.time())
-            session.exp_handle = loop.call_later(delay, self._expire, session)
-
-    def _expire(self, session) -> None:
-        session.exp_handle = None
-        session.close(codes.CLOSE_AUTH_EXPIRED, "auth expired")
-
-    def detach(self, session) -> None:
-        """Leave rooms and registry (idempotent): called on close, kick and disconnect."""
-        if session.registered:
-            session.registered = False
-            tenant = session.tenant
-            tenant.sessions.remove(session)
-            tenant.rooms.leave_all(session)
-        if session.exp_handle is not None:
-            session.exp_handle.cancel()
-            session.exp_handle = None
-        if session.slow_handle is not None:
-            session.slow_handle.cancel()
-            session.slow_handle = None
-
-    def on_disconnected(self, session) -> None:
-        if session.state == CLOSED:
-            return
-        self.detach(session)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("session closed", extra=about(session))
-        session.state = CLOSED
-        session.tenant.sessions.release()
-        if session.close_handle is not None:
-            session.close_handle.cancel()
-            session.close_handle = None
-        self._maybe_stopped()
-
-    # -- deferred (webhook) auth ------------------------------------------------------
-    def start_deferred_auth(self, session) -> None:
-        """Ask the tenant's auth webhook, then admit (`authed`) or refuse (AUTH_FAILED,
-        close 4007). Until then the session is PENDING: frames it sends are dropped."""
-        self.http.spawn(self._deferred_auth(session, session.tenant.authenticator))
-
-    async def _deferred_auth(self, session, auth) -> None:
-        try:
-            await self._deferred_auth_steps(session, auth)
-        except Exception:               # a bug must not leave a session PENDING forever
-            log.exception('tenant "%s": auth webhook handling failed', session.tenant.id,
-                          extra=about(session, code=codes.INTERNAL))
-            if session.state == PENDING:
-                session.state = OPEN
-                session.send_error(codes.INTERNAL, "internal error")
-                session.close(codes.CLOSE_INTERNAL, "internal error")
-
-    async def _deferred_auth_steps(self, session, auth) -> None:
-        tenant = session.tenant
-        ticket, session.pending_ticket = session.pending_ticket, None
-        try:
-            ident = await auth.check(self.http, tenant.id, ticket, session.ip, session.sid)
-        except WebhookRefused as exc:
-            self._count_auth(tenant.id, exc.outcome)
-            log.debug('tenant "%s": auth webhook refused a session: %s', tenant.id, exc,
-                      extra=about(session, code=codes.AUTH_FAILED))
-            if session.state == PENDING:
-                session.state = OPEN          # so the error frame goes out
-                session.send_error(codes.AUTH_FAILED, "authentication refused")
-                session.close(codes.CLOSE_AUTH_REFUSED, "auth refused")
-            return
-        self._count_auth(tenant.id, "ok")
-        if session.state != PENDING:
-            return                            # the client left while we waited
-        if self.draining or self.tenants.get(tenant.id) is not tenant:
-            session.close(codes.CLOSE_DRAINING, "server draining")
-            return
-        session.user = ident.user
-        session.ticket_exp = ident.exp
-        self.admit(session)
-
-    def refresh_deferred(self, session, ticket: str, env) -> None:
-        """`sys:refresh` on a webhook tenant: the answer (`refreshed` or AUTH_FAILED)
-        arrives once the webhook has answered; the session keeps working meanwhile. One
-        refresh at a time per session: a second one meanwhile is RESOURCE_EXHAUSTED (no
-        session can tie up the backend's connection pool, and answers cannot cross)."""
-        if session.refreshing:
-            raise ServiceError(codes.RESOURCE_EXHAUSTED, "a refresh is already under way")
-        session.refreshing = True
-        self.http.spawn(self._deferred_refresh(session, session.tenant.authenticator, ticket, env))
-
-    async def _deferred_refresh(self, session, auth, ticket: str, env) -> None:
-        try:
-            await self._deferred_refresh_steps(session, auth, ticket, env)
-        finally:
-            session.refreshing = False
-
-    async def _deferred_refresh_steps(self, session, auth, ticket: str, env) -> None:
-        tenant = session.tenant
-        try:
-            ident = await auth.check(self.http, tenant.id, ticket, session.ip, session.sid)
-        except WebhookRefused as exc:
-            self._count_auth(tenant.id, exc.outcome)
-            ident = None
-        else:
-            self._count_auth(tenant.id, "ok")
-        if session.state != OPEN:
-            return
-        try:
-            if ident is None:
-                raise ServiceError(codes.AUTH_FAILED, "token refused")
-            confirm_refresh(session, ident)
-        except ServiceError as exc:
-            tenant.stats.service_errors_ext += 1
-            session.send_error(exc.code, exc.msg, env.seq)
-            return
-        if env.flags & FLAG_ACK_REQUESTED and env.seq is not msgspec.UNSET:
-            session.send(encode_ack(env.seq))           # after the answer, as for any service
-
-    def _count_auth(self, tenant_id: str, outcome: str) -> None:
-        key = (tenant_id, outcome)
-        self.auth_outcomes[key] = self.auth_outcomes.get(key, 0) + 1
+    def _maybe_stopped(self) -> None:
+        if self.draining and self.session_count() == 0:
+            self.stopped.set()
 
     # -- metrics beyond the per-tenant counters ----------------------------------------
     def extra_metrics(self):
         yield from backend_metrics(self)
 
+    # -- Python services ---------------------------------------------------------------
+    async def start_services(self) -> None:
+        """Every Python service's on_start, in config order; StartupError on the first
+        that raises (those already started are stopped again)."""
+        started = []
+        for path, service in self.python_services:
+            try:
+                await service.start()
+            except Exception as exc:
+                log.error("%s: on_start failed", path, exc_info=True)
+                for other in reversed(started):
+                    await other.stop()
+                raise StartupError(f"{path}: on_start raised {type(exc).__name__}: {exc}") from None
+            started.append(service)
+
+    async def stop_services(self) -> None:
+        """Timers first, then each service's on_stop, then what is still running."""
+        gateways = {id(s.gw): s.gw for _, s in self.python_services}
+        for gw in gateways.values():
+            await gw.stop()
+        for _, service in self.python_services:
+            await service.stop()
+
     # -- drain -------------------------------------------------------------------------
-    def session_count(self) -> int:
-        return sum(t.sessions.count for t in self.tenants.values())
-
-    def _maybe_stopped(self) -> None:
-        if self.draining and self.stopped is not None and self.session_count() == 0:
-            self.stopped.set()
-
     async def drain(self) -> None:
         """Refuse new upgrades, close every session with 1001 spread over the first half
         of drain_grace_ms, and return when all are gone or the grace is over."""
         if self.draining:
             return
-        self.draining = True
+        self.lifecycle.draining = True
         for tenant in self.tenants.values():
-            tenant.rooms.presence_events = False    # everyone goes: no user_left storm (N²)
+            tenant.presence_events = False          # everyone goes: no user_left storm (N²)
         grace = self.config.gateway.drain_grace_ms / 1000.0
         sessions = [s for t in self.tenants.values() for s in t.sessions.all_sessions()]
         log.info("draining %d sessions over %.1fs", len(sessions), grace)
@@ -286,8 +159,7 @@ class Gateway:
                 if spread and i + 1 < batches:
                     await asyncio.sleep(spread / batches)
         # sessions still waiting for their auth webhook close when it answers (1001)
-        remaining = self.session_count()
-        if remaining:
+        if self.session_count():
             try:
                 await asyncio.wait_for(self.stopped.wait(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
@@ -303,19 +175,21 @@ class Gateway:
         for tcfg in new_config.tenants:
             make_authenticator(tcfg.auth)
         staged = {}
-        for tcfg in new_config.tenants:
-            current = self.tenants.get(tcfg.id)
-            if current is None:
-                staged[tcfg.id] = TenantRuntime(tcfg, new_gw)
+        for i, tcfg in enumerate(new_config.tenants):
+            if tcfg.id not in self.tenants:
+                for name, svc in tcfg.services.items():
+                    if svc.python is not None:
+                        log.warning('tenant "%s": Python service "%s" needs a restart', tcfg.id, name)
+                staged[tcfg.id] = build_tenant(i, tcfg, new_gw, self.http, self.lifecycle, python=False)
         for tcfg in new_config.tenants:
             current = self.tenants.get(tcfg.id)
             if current is not None:
-                current.apply(tcfg, new_gw)
+                apply(current, tcfg, new_gw)
         removed = [tid for tid in self.tenants if tid not in {t.id for t in new_config.tenants}]
         self.tenants.update(staged)
         for tid in removed:
             tenant = self.tenants.pop(tid)
-            tenant.rooms.presence_events = False
+            tenant.presence_events = False
             for s in tenant.sessions.all_sessions():
                 s.close(codes.CLOSE_DRAINING, "tenant removed")
         # listen/workers/tls keep their running values until a restart
@@ -323,11 +197,6 @@ class Gateway:
         self.defender.reconfigure(new_gw.handshake_limit, new_gw.trusted_proxies)
         self.metrics_path = new_gw.metrics.path.encode() if new_gw.metrics.enabled else None
         self.corker.configure(new_gw.outbound_max, new_gw.outbound_total_max_bytes)
-        if self.high_water != new_gw.outbound_high_water_bytes:
-            self.high_water = new_gw.outbound_high_water_bytes
-            for tenant in self.tenants.values():
-                for session in tenant.sessions.all_sessions():
-                    session.transport.underlying_transport.set_write_buffer_limits(high=self.high_water)
+        self.lifecycle.set_high_water(new_gw.outbound_high_water_bytes)
         self._update_needs_ip()
         log.info("configuration reloaded: %d tenants", len(self.tenants))
-

@@ -20,7 +20,7 @@ from hypothesis import given, settings, strategies as st  # noqa: E402
 if os.environ.get("WSPRISM_NO_EXTENSIONS"):
     pytest.fail("differential tests compare the compiled modules: build them", pytrace=False)
 
-from wsprism._fast import fanout_c, fanout_py, reader_c, reader_py, utf8_c, utf8_py  # noqa: E402
+from wsprism._fast import OPEN, fanout_c, fanout_py, reader_c, reader_py, utf8_c, utf8_py  # noqa: E402
 
 STATE = ("hdr_got", "hdr_need", "remaining", "in_msg", "msg_binary", "msg_total", "held", "refused",
          "refused_binary")
@@ -168,7 +168,7 @@ def test_budget_twins_agree(ops, max_session, max_total):
             corker = impl.Corker(loop, max_session, max_total)
             eps = [impl.Endpoint(corker) for _ in range(4)]
             for ep in eps:
-                ep.state = impl.OPEN
+                ep.state = OPEN
             trace = []
             for op, i, a, b in ops:
                 if op == "enqueue":

@@ -1,19 +1,25 @@
-"""Smoke test of `wsprism bench`: every scenario, briefly, against the gateway and both baselines.
+"""Smoke test of `wsprism bench`: every scenario, briefly, against the gateway and the baselines.
 
 Real sockets and real server processes (the gateway from benches/configs/bench.yaml,
-benches/baselines/*.py) on free ports of 127.0.0.1; a few connections, fractions of a
+the baselines shipped in wsprism/loadgen/baselines/, Bun installed from npm into the
+cache folder on first use) on free ports of 127.0.0.1; a few connections, fractions of a
 second per run. It checks that the numbers are sane, not how good they are.
+(scripts/check_wheel.sh runs `wsprism bench --spawn wsprism.yaml --baseline` from an
+installed wheel, outside the source tree.)
 """
 import json
+import re
+import stat
 from pathlib import Path
 
 import pytest
 
 from wsprism.loadgen import main
+from wsprism.loadgen.targets import SpawnedTarget, TargetError, bench_identity
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "benches" / "configs" / "bench.yaml"
-TARGETS = ("wsprism", "picows", "websockets")
+TARGETS = ("wsprism", "picows", "websockets", "bun")
 SCENARIOS = ("connect", "ping", "chat", "hot", "idle")
 CONNS = 4
 
@@ -22,7 +28,7 @@ CONNS = 4
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "runs.jsonl"
     code = main([
-        "all", "--spawn", str(CONFIG), "--baseline",
+        "all", "--spawn", str(CONFIG), "--baselines", "picows,websockets,bun",
         "--conns", str(CONNS), "--repeat", "1",
         "--duration", "0.25", "--warmup", "0.05", "--drain", "1", "--connect-timeout", "3",
         "--keep-server", "--json", str(out), "--quiet",
@@ -66,3 +72,97 @@ def test_idle_measures_memory(runs, target):
     srv = r["server"]
     assert srv["rss_after_mb"] > 0 and srv["rss_before_mb"] > 0
     assert "rss_per_conn_kb" in srv
+
+
+SHORT = ["--conns", "2", "--repeat", "1", "--duration", "0.2", "--warmup", "0.05", "--drain", "1",
+         "--connect-timeout", "3", "--quiet"]
+
+
+def _runs_of(path: Path) -> dict:
+    return {r["target"]: r for r in (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip())}
+
+
+@pytest.mark.parametrize("npm", ["missing", "fails"])
+def test_bun_unavailable_is_one_line_and_the_others_still_run(tmp_path, monkeypatch, capsys, npm):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    if npm == "fails":
+        fake = bindir / "npm"
+        fake.write_text("#!/bin/sh\necho 'npm ERR! code E404' >&2\necho 'npm ERR! 404 Not Found' >&2\nexit 1\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", str(bindir))          # no npm (or the failing one) on PATH
+    monkeypatch.setenv("WSPRISM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("WSPRISM_BUN", raising=False)
+    out = tmp_path / "runs.jsonl"
+    code = main(["ping", "--spawn", str(CONFIG), "--baselines", "picows,bun", *SHORT, "--json", str(out)])
+    err = capsys.readouterr().err
+    bun_lines = [ln for ln in err.splitlines() if "bun" in ln and "error" in ln and "runs had errors" not in ln]
+    why = "npm not found" if npm == "missing" else "npm install bun@"
+    assert len(bun_lines) == 1 and why in bun_lines[0], err
+    if npm == "fails":
+        assert "failed (exit 1): npm ERR! code E404" in bun_lines[0]
+    assert code == 1
+    runs = _runs_of(out)
+    assert runs["bun"]["error"].startswith("bun baseline skipped: ")
+    for target in ("wsprism", "picows"):
+        assert not runs[target].get("error") and runs[target]["delivered"] > 0
+    assert not (tmp_path / "cache" / "bun").exists()      # nothing half-installed left behind
+
+
+def test_spawn_takes_tenant_and_dev_ticket_from_the_config(tmp_path):
+    """The repo's wsprism.yaml has tenant acme (dev auth), not `bench`."""
+    assert bench_identity(str(REPO / "wsprism.yaml"), None, None) == ("acme", "dev:u{i}")
+    out = tmp_path / "runs.jsonl"
+    code = main(["chat", "--spawn", str(REPO / "wsprism.yaml"), *SHORT, "--json", str(out)])
+    r = _runs_of(out)["wsprism"]
+    assert code == 0 and not r.get("error") and not r.get("errors")
+    assert r["delivered"] == r["sent"] * 2 > 0
+
+
+def test_identity_rules(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("version: 1\ntenants:\n  - id: bank\n    auth: {mode: jwt, secret: x}\n"
+                   "  - id: play\n  - id: fixed\n    auth: {mode: static, tickets: {t1: alice}}\n")
+    assert bench_identity(str(cfg), None, None) == ("play", "dev:u{i}")      # first dev-auth tenant
+    assert bench_identity(str(cfg), "fixed", "t1") == ("fixed", "t1")
+    with pytest.raises(TargetError, match=r"^tenant 'bank' of .* uses jwt auth: give --ticket"):
+        bench_identity(str(cfg), "bank", None)
+    with pytest.raises(TargetError, match=r"^tenant 'nope' is not in .* \(it has bank, play, fixed\)$"):
+        bench_identity(str(cfg), "nope", None)
+    cfg.write_text("version: 1\ntenants: []\n")
+    with pytest.raises(TargetError, match="has no tenants"):
+        bench_identity(str(cfg), None, None)
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--tenant", "nope"], "bad usage"),
+    (["--ticket", "zz"], "HTTP 401 (ticket rejected)"),
+])
+def test_refusals_are_named_in_one_line(tmp_path, capsys, args, reason):
+    cfg = tmp_path / "static.yaml"
+    cfg.write_text((REPO / "wsprism.yaml").read_text().replace(
+        "    auth:\n      mode: dev\n", "    auth:\n      mode: static\n      tickets: {good: alice}\n", 1))
+    code = main(["ping", "--spawn", str(cfg), *SHORT, *args])
+    err = capsys.readouterr().err
+    if reason == "bad usage":
+        assert code == 2
+        assert err.strip() == f"wsprism bench: error: tenant 'nope' is not in {cfg} (it has acme)"
+    else:
+        assert code == 1
+        line = [ln for ln in err.splitlines() if "runs had errors" in ln]
+        assert len(line) == 1, err
+        assert re.search(r"no connection to ws://127\.0\.0\.1:\d+/v1/ws\?tenant=acme: HTTP 401 \(ticket rejected\)$",
+                         line[0]), line[0]
+
+
+def test_unknown_tenant_at_a_running_gateway_is_named(capsys):
+    """--url with a tenant the gateway does not have: the 400's reason, not just "HTTP 400"."""
+    t = SpawnedTarget("wsprism", "gateway", config=str(CONFIG))
+    t.start()
+    try:
+        code = main(["ping", "--url", f"ws://127.0.0.1:{t.port}", "--tenant", "other", *SHORT])
+    finally:
+        t.cleanup()
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no connection to ws://127.0.0.1:%d/v1/ws?tenant=other: HTTP 400 (unknown tenant)" % t.port in err

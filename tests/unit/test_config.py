@@ -277,8 +277,12 @@ def test_defaults_of_optional_sections():
     assert msgspec.to_builtins(cfg.tenants[0].policy.history) == {"size": 100, "ttl_ms": 300000}
     assert msgspec.to_builtins(cfg.tenants[0].services["match"]) == {
         "webhook": "http://b/x",
-        "timeout_ms": 2000,
+        "python": None,
+        "hot_svc_id": None,
+        "options": {},
+        "timeout_ms": None,          # 2000 for a webhook, 5000 for a Python service
         "max_inflight_per_session": 16,
+        "batch_max_messages": 1,
     }
 
 
@@ -333,6 +337,7 @@ RANGES = [
     ("tenants[0].auth.timeout_ms", [1, 60000], [0, 60001], {}),
     ("tenants[0].services.match.timeout_ms", [1, 60000], [0, 60001], SVC),
     ("tenants[0].services.match.max_inflight_per_session", [1], [0], SVC),
+    ("tenants[0].services.match.batch_max_messages", [1, 1000], [0, 1001], SVC),
 ]
 
 
@@ -443,8 +448,10 @@ def test_unknown_key_is_named_with_its_path(path):
         ("tenants[0].auth.algorithms", ["HS512"], "tenants[0].auth.algorithms[0]: invalid value 'HS512' (expected one of: ES256, HS256, RS256)"),
         ("tenants[0].auth.secret_env", "", "tenants[0].auth.secret_env: must not be empty"),
         ("tenants[0].services", {1: {"webhook": "http://b"}}, "tenants[0].services: keys must be strings"),
-        ("tenants[0].services.m", {"webhook": 5}, "tenants[0].services.m.webhook: expected str, got int"),
-        ("tenants[0].services.m", {}, "tenants[0].services.m.webhook: required key missing"),
+        ("tenants[0].services.m", {"webhook": 5}, "tenants[0].services.m.webhook: expected str or null, got int"),
+        ("tenants[0].services.m", {"python": 5}, "tenants[0].services.m.python: expected str or null, got int"),
+        ("tenants[0].services.m", {"python": "a:B", "hot_svc_id": "7"}, "tenants[0].services.m.hot_svc_id: expected int or null, got str"),
+        ("tenants[0].services.m", {"python": "a:B", "options": [1]}, "tenants[0].services.m.options: expected mapping, got list"),
     ],
 )
 def test_wrong_types_name_path_and_expected_type(path, value, expected):
@@ -794,16 +801,50 @@ def test_auth_cross_checks(auth, expected):
 @pytest.mark.parametrize(
     "name, service, expected",
     [
-        ("room", {"webhook": "http://b"}, "tenants[0].services.room: 'room' is a built-in service and cannot be forwarded"),
-        ("chat", {"webhook": "http://b"}, "tenants[0].services.chat: 'chat' is a built-in service and cannot be forwarded"),
-        ("sys", {"webhook": "http://b"}, "tenants[0].services.sys: 'sys' is a built-in service and cannot be forwarded"),
+        ("room", {"webhook": "http://b"}, "tenants[0].services.room: 'room' is a built-in service; choose another name"),
+        ("chat", {"webhook": "http://b"}, "tenants[0].services.chat: 'chat' is a built-in service; choose another name"),
+        ("sys", {"webhook": "http://b"}, "tenants[0].services.sys: 'sys' is a built-in service; choose another name"),
         ("a b", {"webhook": "http://b"}, "tenants[0].services.a b: invalid service name 'a b' (expected 1-64 of A-Z a-z 0-9 _ . -)"),
         ("m", {"webhook": "tcp://b"}, "tenants[0].services.m.webhook: expected a URL starting with http:// or https://"),
         ("m", {"webhook": "http://"}, "tenants[0].services.m.webhook: expected a URL starting with http:// or https://"),
+        ("m", {}, "tenants[0].services.m: set exactly one of `webhook` (forwarded over HTTP) or `python` (in-process)"),
+        ("m", {"webhook": "http://b", "python": "a:B"}, "tenants[0].services.m: set exactly one of `webhook` (forwarded over HTTP) or `python` (in-process)"),
+        ("m", {"webhook": "http://b", "hot_svc_id": 7}, "tenants[0].services.m.hot_svc_id: only a `python` service takes this key"),
+        ("m", {"webhook": "http://b", "options": {"a": 1}}, "tenants[0].services.m.options: only a `python` service takes this key"),
+        ("m", {"python": "mygame.match"}, "tenants[0].services.m.python: expected \"module:attribute\", got 'mygame.match'"),
+        ("m", {"python": "my game:M"}, "tenants[0].services.m.python: expected \"module:attribute\", got 'my game:M'"),
+        ("m", {"python": "a:"}, "tenants[0].services.m.python: expected \"module:attribute\", got 'a:'"),
+        ("m", {"python": "a:B", "hot_svc_id": 0}, "tenants[0].services.m.hot_svc_id: must be 2-255, got 0 (0 is reserved, 1 is the built-in relay)"),
+        ("m", {"python": "a:B", "hot_svc_id": 1}, "tenants[0].services.m.hot_svc_id: must be 2-255, got 1 (0 is reserved, 1 is the built-in relay)"),
+        ("m", {"python": "a:B", "hot_svc_id": 256}, "tenants[0].services.m.hot_svc_id: must be 2-255, got 256 (0 is reserved, 1 is the built-in relay)"),
+        ("m", {"python": "a:B", "hot_svc_id": -3}, "tenants[0].services.m.hot_svc_id: must be 2-255, got -3 (0 is reserved, 1 is the built-in relay)"),
+        ("m", {"python": "a:B", "timeout_ms": 0}, "tenants[0].services.m.timeout_ms: must be >= 1, got 0"),
+        ("m", {"python": "a:B", "batch_max_messages": 4}, "tenants[0].services.m.batch_max_messages: only a `webhook` service takes this key"),
     ],
 )
 def test_services(name, service, expected):
     assert error_of(config_with(**{"tenants[0].services": {name: service}})) == expected
+
+
+def test_python_services_accepted_with_every_key():
+    cfg = parse(config_with(**{"tenants[0].services": {
+        "match": {"python": "mygame.match:Match", "hot_svc_id": 7, "options": {"board": 3, "modes": ["a"]},
+                  "timeout_ms": 250, "max_inflight_per_session": 2},
+        "lobby": {"python": "mygame.lobby:Lobby.Inner", "hot_svc_id": 255},
+        "hook": {"webhook": "http://b/h"},
+    }}))
+    match = cfg.tenants[0].services["match"]
+    assert (match.python, match.hot_svc_id, match.options, match.timeout_ms) == ("mygame.match:Match", 7, {"board": 3, "modes": ["a"]}, 250)
+
+
+def test_hot_svc_id_unique_per_tenant():
+    services = {"a": {"python": "m:A", "hot_svc_id": 9}, "b": {"python": "m:B", "hot_svc_id": 9}}
+    assert error_of(config_with(**{"tenants[0].services": services})) == \
+        "tenants[0].services.b.hot_svc_id: hot_svc_id 9 is also used by tenants[0].services.a"
+    # two tenants may each use the same id
+    data = config_with(**{"tenants[0].services": {"a": {"python": "m:A", "hot_svc_id": 9}}})
+    data["tenants"].append({"id": "other", "services": {"a": {"python": "m:A", "hot_svc_id": 9}}})
+    parse(data)
 
 
 # --- secrets -------------------------------------------------------------------------

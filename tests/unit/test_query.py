@@ -170,3 +170,27 @@ def test_round_trip_of_any_valid_triple(tenant, ticket, sid, encode_all):
     parts = [("tenant", tenant), ("ticket", ticket)] + ([("sid", sid)] if sid is not None else [])
     q = "&".join(f"{k}={quote(v, safe=safe)}" for k, v in parts)
     assert ok(q) == (tenant, ticket, sid)
+
+
+# -- the fast path (no escapes) agrees with parse_qsl -----------------------------------------
+
+@settings(max_examples=400)
+@given(st.lists(st.tuples(st.sampled_from(["tenant", "ticket", "sid", "x", "", "tenant=", "a=b"]),
+                          st.sampled_from(["=", ""]),
+                          st.text(alphabet=string.ascii_letters + string.digits + ":=-._ ;", max_size=12)),
+                max_size=36),
+       st.sampled_from(["&", "&&"]))
+def test_plain_queries_split_as_parse_qsl_does(fields, sep):
+    """What parse_query does without '%' or '+' (split; more than 32 fields refused)
+    is what parse_qsl(keep_blank_values, max_num_fields=32) gives."""
+    from urllib.parse import parse_qsl
+
+    from wsprism.transport.handshake import _split_plain
+
+    text = sep.join(k + eq + v for k, eq, v in fields)
+    try:
+        expected = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=32)
+    except ValueError:
+        expected = None
+    got = None if text.count("&") >= 32 else _split_plain(text)
+    assert got == expected

@@ -1,5 +1,9 @@
-# Contract of the compiled token bucket for other _c modules (cimport it).
+# Types for compiling bucket_py.py as wsprism._fast.bucket_c (the aiohttp reader_c way:
+# one source, two builds). Other _c modules cimport TokenBucket from here.
+cimport cython
 
+
+@cython.final
 cdef class TokenBucket:
     cdef public double rate
     cdef public double burst
@@ -8,6 +12,6 @@ cdef class TokenBucket:
 
     cpdef configure(self, double rate, double burst)
     cpdef bint allow_at(self, double now) noexcept
-    cpdef bint allow(self) noexcept
+    cpdef bint allow(self)
     cpdef refund(self)
     cpdef double retry_after(self, double now) noexcept

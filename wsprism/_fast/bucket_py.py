@@ -1,7 +1,7 @@
-"""Token bucket: the rate limiter behind `policy.rate_limit_*` (pure-Python twin).
+"""Token bucket: the rate limiter behind `policy.rate_limit_*` and the handshake defender.
 
-This module is the specification of `bucket_c`; both must give the same answers for
-the same clock (tests/differential/test_bucket_diff.py proves it).
+One source, two builds: this file runs as the pure-Python twin and is also compiled,
+typed by `bucket_c.pxd`, as `bucket_c` (setup.py), so the two cannot drift.
 
 A bucket holds up to `burst` tokens and gains `rate` tokens per second. Each allowed
 message takes one token. The clock is CLOCK_MONOTONIC in seconds (`time.monotonic()`);

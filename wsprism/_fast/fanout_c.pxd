@@ -1,16 +1,6 @@
 # Contract of the compiled outbound side for other _c modules.
 from picows.picows cimport WSListener, WSTransport
 
-cdef enum:
-    S_PENDING = 0
-    S_OPEN = 1
-    S_CLOSING = 2
-    S_CLOSED = 3
-
-cdef enum:
-    R_OVER_SESSION = 1
-    R_OVER_TOTAL = 2
-
 cdef class Corker:
     cdef public list dirty
     cdef public bint scheduled
@@ -36,11 +26,12 @@ cdef class Endpoint(WSListener):
     cdef public Py_ssize_t out_bytes
     cdef public bint over
     cdef bint _enqueue(self, bytes frame, bint lossy) except -1
+    cdef int _flush(self) except -1
+    cdef int _measure(self) except -1
+    cdef int _release(self) except -1
+    cdef int _drop_queued(self) except -1
+    cdef int _overflow(self, int reason) except -1    # Conn closes 4005 (framer_c)
     cpdef flush(self)
-    cpdef measure(self)
-    cpdef release(self)
-    cpdef drop_queued(self)
-    cpdef overflow(self, int reason)
 
 cpdef bytes build_frame(int opcode, object payload)
 cdef bytes build_frame_ptr(int opcode, const unsigned char* p, Py_ssize_t n)

@@ -1,6 +1,9 @@
 # cython: language_level=3
 """Compiled outbound side: frames built once, corked per loop turn, fanned out, kept
-within the memory budget. The logic and its documentation live in fanout_py.py (the twin)."""
+within the memory budget. The logic and its documentation live in fanout_py.py (the twin).
+The corker reaches each endpoint through C methods (_flush, _measure, _overflow), so a
+session (a Python subclass of the compiled listener) costs no override lookup per member
+per turn."""
 import asyncio
 import logging
 import sys
@@ -13,16 +16,9 @@ from cpython.mem cimport PyMem_Malloc
 from libc.string cimport memcpy
 
 from .bytesops cimport ws_header
+from .codes_c cimport OVER_SESSION, OVER_TOTAL, S_OPEN, S_PENDING
 
-PENDING = S_PENDING
-OPEN = S_OPEN
-CLOSING = S_CLOSING
-CLOSED = S_CLOSED
 _log = logging.getLogger("wsprism.fanout")
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OVER_SESSION = R_OVER_SESSION
-OVER_TOTAL = R_OVER_TOTAL
 UNLIMITED = sys.maxsize
 ENFORCE_LOG_INTERVAL = 10.0
 
@@ -93,7 +89,7 @@ cdef class Corker:
         self.dirty = []
         for endpoint in dirty:
             try:
-                endpoint.flush()
+                endpoint._flush()     # C call: no override lookup on sessions (a Python subclass)
             except Exception:       # one broken transport must not stall the others
                 _log.exception("flush failed for %r", endpoint)
         if self.total > self.max_total:
@@ -104,7 +100,7 @@ cdef class Corker:
         cdef Py_ssize_t before, closed = 0
         cdef double now
         for endpoint in list(self.holders):
-            endpoint.measure()
+            endpoint._measure()
         if self.total <= self.max_total:
             return
         self.enforced += 1
@@ -114,10 +110,10 @@ cdef class Corker:
                 break
             closed += 1
             try:
-                endpoint.overflow(R_OVER_TOTAL)
+                endpoint._overflow(OVER_TOTAL)
             except Exception:
                 _log.exception("closing %r over the outbound budget failed", endpoint)
-            endpoint.release()
+            endpoint._release()
         self.closed_total += closed
         now = time.monotonic()
         if now - self.logged_at >= ENFORCE_LOG_INTERVAL:
@@ -151,7 +147,7 @@ cdef class Endpoint(WSListener):
         n = PyBytes_GET_SIZE(frame)
         corker = self.corker
         if self.acct + self.out_bytes + n > corker.max_session:
-            self.measure()                    # acct may be stale: the buffer drains
+            self._measure()                   # acct may be stale: the buffer drains
             if self.acct + self.out_bytes + n > corker.max_session:
                 self.over = True
                 if self._out is None:
@@ -173,13 +169,20 @@ cdef class Endpoint(WSListener):
         (this endpoint is over its high-water mark, or over its budget)."""
         return self._enqueue(frame, lossy)
 
-    cpdef drop_queued(self):
+    def drop_queued(self) -> None:
+        self._drop_queued()
+
+    cdef int _drop_queued(self) except -1:
         self._out = None
         self.corker.total -= self.out_bytes
         self.out_bytes = 0
         self.over = False
+        return 0
 
     cpdef flush(self):
+        self._flush()
+
+    cdef int _flush(self) except -1:
         global _scratch
         cdef object pending
         cdef WSTransport tr = self.transport
@@ -187,32 +190,30 @@ cdef class Endpoint(WSListener):
         cdef bytes f
         cdef Py_ssize_t total = 0, pos = 0, n
         if self.over:
-            self.drop_queued()
-            self.overflow(R_OVER_SESSION)
-            return
+            self._drop_queued()
+            self._overflow(OVER_SESSION)
+            return 0
         pending = self._out
         if pending is None:
-            return
+            return 0
         self._out = None
         self.corker.total -= self.out_bytes
         self.out_bytes = 0
         if tr is None or tr.is_disconnected or tr.is_close_frame_sent:
-            return
+            return 0
         if type(pending) is bytes:
             f = <bytes>pending
             if PyBytes_GET_SIZE(f) <= _SCRATCH_MAX:
                 tr._fast_write(PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
             else:
                 tr.underlying_transport.write(f)
-            self.measure()
-            return
+            return self._measure()
         out = <list>pending
         for f in out:
             total += PyBytes_GET_SIZE(f)
         if total > _SCRATCH_MAX:
             tr.underlying_transport.writelines(out)
-            self.measure()
-            return
+            return self._measure()
         if _scratch == NULL:
             _scratch = <char*>PyMem_Malloc(_SCRATCH_MAX)
             if _scratch == NULL:
@@ -222,9 +223,12 @@ cdef class Endpoint(WSListener):
             memcpy(_scratch + pos, PyBytes_AS_STRING(f), n)
             pos += n
         tr._fast_write(_scratch, total)
-        self.measure()
+        return self._measure()
 
-    cpdef measure(self):
+    def measure(self) -> None:
+        self._measure()
+
+    cdef int _measure(self) except -1:
         cdef WSTransport tr = self.transport
         cdef Py_ssize_t held, acct = self.acct
         cdef Corker corker
@@ -240,8 +244,12 @@ cdef class Endpoint(WSListener):
             elif not held:
                 corker.holders.discard(self)
             self.acct = held
+        return 0
 
-    cpdef release(self):
+    def release(self) -> None:
+        self._release()
+
+    cdef int _release(self) except -1:
         cdef Corker corker = self.corker
         if self.acct:
             corker.holders.discard(self)
@@ -250,11 +258,16 @@ cdef class Endpoint(WSListener):
         self.out_bytes = 0
         self._out = None
         self.over = False
+        return 0
 
-    cpdef overflow(self, int reason):
-        self.release()
+    def overflow(self, int reason) -> None:
+        self._overflow(reason)
+
+    cdef int _overflow(self, int reason) except -1:
+        self._release()
         if self.transport is not None:
             self.transport.disconnect(False)
+        return 0
 
 
 cpdef Py_ssize_t broadcast(object members, bytes frame, bint lossy) except -1:

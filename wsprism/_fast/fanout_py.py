@@ -41,20 +41,12 @@ import time
 
 from picows import WSListener
 
+from .codes_py import OverflowReason, SessionState
+
 _log = logging.getLogger("wsprism.fanout")
-
-# session states
-PENDING = 0      # upgraded, not yet admitted (e.g. webhook auth under way)
-OPEN = 1         # admitted: messages flow
-CLOSING = 2      # close frame sent
-CLOSED = 3       # the connection is gone
-
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-
+_PENDING, _OPEN = SessionState.S_PENDING, SessionState.S_OPEN
 # why an endpoint is over its budget (Endpoint.overflow)
-OVER_SESSION = 1     # its own buffer passed gateway.outbound_max_bytes
-OVER_TOTAL = 2       # all sessions together passed gateway.outbound_total_max_bytes
+_OVER_SESSION, _OVER_TOTAL = OverflowReason.OVER_SESSION, OverflowReason.OVER_TOTAL
 
 UNLIMITED = sys.maxsize
 SCRATCH_MAX = 65536    # a turn's frames above this go to the transport as they are, not joined
@@ -132,7 +124,7 @@ class Corker:
                 break
             closed += 1
             try:
-                endpoint.overflow(OVER_TOTAL)
+                endpoint.overflow(_OVER_TOTAL)
             except Exception:
                 _log.exception("closing %r over the outbound budget failed", endpoint)
             endpoint.release()      # whatever overflow did, it stops counting
@@ -157,7 +149,7 @@ class Endpoint(WSListener):
 
     def __init__(self, corker: Corker) -> None:
         self.transport = None
-        self.state = PENDING
+        self.state = _PENDING
         self.paused = False
         self.corker = corker
         self._out = None
@@ -168,7 +160,7 @@ class Endpoint(WSListener):
     def enqueue(self, frame: bytes, lossy: bool = False) -> bool:
         """Queue a built frame for this turn's write. False when a lossy frame is dropped
         (this endpoint is over its high-water mark, or over its budget)."""
-        if self.state > OPEN:
+        if self.state > _OPEN:
             return True
         if lossy and self.paused:
             return False
@@ -206,7 +198,7 @@ class Endpoint(WSListener):
         """Write everything queued, in order, in one write; or, over budget, close."""
         if self.over:
             self.drop_queued()
-            self.overflow(OVER_SESSION)
+            self.overflow(_OVER_SESSION)
             return
         out = self._out
         if out is None:
@@ -228,7 +220,7 @@ class Endpoint(WSListener):
     def measure(self) -> None:
         """Take the transport's write buffer size as this endpoint's holding."""
         tr = self.transport
-        if tr is None or tr.is_disconnected or self.state > OPEN:
+        if tr is None or tr.is_disconnected or self.state > _OPEN:
             held = 0                  # a closing endpoint no longer counts
         else:
             held = tr.underlying_transport.get_write_buffer_size()

@@ -7,55 +7,39 @@ import secrets
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from libc.time cimport timespec
+from cpython.list cimport PyList_GET_ITEM
+from libc.string cimport memset
 from picows.picows cimport WSCloseCode, WSFrame, WSMsgType, WSTransport
 
 import msgspec
 
 from .bucket_c cimport TokenBucket
-from .fanout_c cimport R_OVER_SESSION, S_CLOSING, S_OPEN, Endpoint, broadcast, build_frame, build_frame_ptr
-from .hotheader_c cimport H_BAD_FLAGS, H_OK, H_SHORT, HotAllowlist, HotHeader, hot_parse
+from .clock cimport monotonic
+from .codes_c cimport (
+    C_DECODE_ERRORS, C_EGRESS_DROPS, C_EXT_DENY_BAD_REQUEST, C_EXT_DENY_TOO_LARGE, C_EXT_DROP_RATE_LIMITED,
+    C_HOT_ALLOW_OK, C_HOT_DENY_TOO_LARGE, C_HOT_DROP_BAD_REQUEST, C_HOT_DROP_NO_ACTIVE_ROOM,
+    C_HOT_DROP_NOT_ALLOWED, C_HOT_DROP_RATE_LIMITED, C_SLOW_OUTBOUND_MAX, C_SLOW_OUTBOUND_TOTAL_MAX,
+    CLOSE_INVALID_UTF8, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, HDR_BAD_FLAGS, HDR_OK, HDR_SHORT, HOT_ACK_REQUESTED, HOT_IS_ACK, HOT_SEQ_PRESENT,
+    N_COUNTERS, OP_BINARY, OP_TEXT, OVER_SESSION, S_CLOSING, S_OPEN,
+)
+from .fanout_c cimport Endpoint, broadcast, build_frame, build_frame_ptr
+from .hotheader_c cimport HotAllowlist, allowed, hot_parse
 from .utf8_c cimport utf8_valid_ptr
 
-from .fanout_c import CLOSED, CLOSING, OPEN, PENDING  # re-exported for parity with the twin
+from .codes_c import ErrorCode as _ErrorCode
 
-cdef extern from "<time.h>" nogil:
-    int clock_gettime(int clk_id, timespec *tp)
-    int CLOCK_MONOTONIC
-
-C_EXT_ALLOW = _C_EXT_ALLOW
-C_EXT_NOT_ALLOWED = _C_EXT_NOT_ALLOWED
-C_EXT_RATE_LIMITED = _C_EXT_RATE_LIMITED
-C_EXT_TOO_LARGE = _C_EXT_TOO_LARGE
-C_EXT_BAD_REQUEST = _C_EXT_BAD_REQUEST
-C_EXT_UNKNOWN_SERVICE = _C_EXT_UNKNOWN_SERVICE
-C_HOT_ALLOW = _C_HOT_ALLOW
-C_HOT_NOT_ALLOWED = _C_HOT_NOT_ALLOWED
-C_HOT_RATE_LIMITED = _C_HOT_RATE_LIMITED
-C_HOT_TOO_LARGE = _C_HOT_TOO_LARGE
-C_HOT_BAD_REQUEST = _C_HOT_BAD_REQUEST
-C_HOT_NO_ACTIVE_ROOM = _C_HOT_NO_ACTIVE_ROOM
-C_DECODE_ERRORS = _C_DECODE_ERRORS
-C_EGRESS_DROPS = _C_EGRESS_DROPS
-N_COUNTERS = _N_COUNTERS
-
-RELAY_SVC = 1
 HOT_SAMPLE_MASK = 63
 NOTICE_INTERVAL = 1.0
 CLOSE_TIMEOUT = 1.0
-DEF _RELAY_SVC = 1
+N_HOT_SERVICES = 256
 DEF _SAMPLE_MASK = 63
 DEF _NOTICE = 1.0
 
 cdef object _UNSET = msgspec.UNSET
-cdef object _on_envelope = None
-cdef object _encode_error = None
-
-
-cdef inline double _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+cdef str _PAYLOAD_TOO_LARGE = _ErrorCode.PAYLOAD_TOO_LARGE.name
+cdef str _RATE_LIMITED = _ErrorCode.RATE_LIMITED.name
+cdef str _BAD_REQUEST = _ErrorCode.BAD_REQUEST.name
+cdef str _NOT_ALLOWED = _ErrorCode.NOT_ALLOWED.name
 
 
 cdef inline bint _close_code_valid(int code) noexcept:
@@ -67,11 +51,14 @@ def close_code_valid(int code) -> bool:
     return _close_code_valid(code)
 
 
-def install(on_envelope, encode_error) -> None:
-    """Wire the layers above (the gateway does this once at import)."""
-    global _on_envelope, _encode_error
-    _on_envelope = on_envelope
-    _encode_error = encode_error
+@cython.final
+cdef class _Relay:
+    def __repr__(self):
+        return "RELAY"
+
+
+RELAY = _Relay()
+cdef object _RELAY = RELAY
 
 
 @cython.final
@@ -82,9 +69,12 @@ cdef class LanePolicy:
         self.hot_requires_room = True
         self.hot_allow = HotAllowlist()
         self.bucket = None
-        self.counts_[:] = [0] * 14
+        memset(self.counts_, 0, sizeof(self.counts_))
         self.hot_seq = 0
         self.hist_hot = None
+        self.ext_entry = None
+        self.encode_error = None
+        self.hot_handlers = [None] * N_HOT_SERVICES
 
     def configure(self, Py_ssize_t max_frame_bytes, bint hot_silent, bint hot_requires_room,
                   HotAllowlist hot_allow, TokenBucket bucket) -> None:
@@ -94,51 +84,39 @@ cdef class LanePolicy:
         self.hot_allow = hot_allow
         self.bucket = bucket
 
+    def set_hot_handlers(self, handlers) -> None:
+        handlers = list(handlers)
+        if len(handlers) != N_HOT_SERVICES:
+            raise ValueError("hot_handlers needs 256 entries")
+        self.hot_handlers = handlers
+
     def bump(self, int idx, unsigned long long n=1) -> None:
-        if not 0 <= idx < _N_COUNTERS:
+        if not 0 <= idx < N_COUNTERS:
             raise IndexError("list index out of range")
         self.counts_[idx] += n
 
     def snapshot(self) -> list:
-        return [self.counts_[i] for i in range(_N_COUNTERS)]
+        return [self.counts_[i] for i in range(<int>N_COUNTERS)]
 
     @property
     def counts(self) -> list:
         return self.snapshot()
 
 
-@cython.final
-cdef class Session(Endpoint):
-    def __init__(self, gateway, tenant, user, sid, ip, exp):
-        Endpoint.__init__(self, gateway.corker)
-        self.gateway = gateway
-        self.tenant = tenant
-        self.lane = tenant.lane
-        self.user = user
-        self.sid = sid
-        self.trace_id = secrets.token_hex(8)
-        self.ip = ip
-        self.ticket_exp = exp
-        self.pending_ticket = None
+cdef class Conn(Endpoint):
+    def __init__(self, host, LanePolicy lane):
+        Endpoint.__init__(self, host.corker)
+        self.host = host
+        self.lane = lane
         self.bucket = None
-        self.rooms = {}
         self.room_members = None
         self.rl_notice_at = -1.0
-        self.exp_handle = None
-        self.close_handle = None
-        self.slow_handle = None
         self.frag = None
         self.frag_binary = False
+        self.trace_id = secrets.token_hex(8)
         self.n_traces = 0
         self.seen = True
-        self.idle_ticks = 0
-        self.registered = False
-        self.refreshing = False
-
-    # -- identity ----------------------------------------------------------------------
-    @property
-    def active_room(self):
-        return next(reversed(self.rooms), None)
+        self.close_handle = None
 
     def next_trace_id(self) -> str:
         self.n_traces += 1
@@ -148,70 +126,63 @@ cdef class Session(Endpoint):
     cpdef send(self, bytes data):
         if data is None:
             raise TypeError("send() needs bytes, not None")
-        self._enqueue(build_frame_ptr(0x1, <const unsigned char*>PyBytes_AS_STRING(data), len(data)), False)
+        self._enqueue(build_frame_ptr(OP_TEXT, <const unsigned char*>PyBytes_AS_STRING(data), len(data)), False)
 
     def send_binary(self, data) -> None:
-        self._enqueue(build_frame(0x2, data), False)
+        self._enqueue(build_frame(OP_BINARY, data), False)
 
     def send_lossy(self, data) -> bool:
-        return self._enqueue(build_frame(0x2, data), True)
+        return self._enqueue(build_frame(OP_BINARY, data), True)
 
     cpdef send_error(self, str code, str msg, object seq=_UNSET):
-        self.send(_encode_error(code, msg, seq, self.next_trace_id()))
+        self.send(self.lane.encode_error(code, msg, seq, self.next_trace_id()))
 
     # -- closing -----------------------------------------------------------------------
     cpdef close(self, int code=1000, str reason=""):
         if self.state >= S_CLOSING:
             return
         if self.over:
-            self.drop_queued()
-        self.flush()
+            self._drop_queued()
+        self._flush()
         self.state = S_CLOSING
-        self.release()
-        self.gateway.detach(self)
+        self._release()
+        self.host.detach(self)
         cdef WSTransport tr = self.transport
         if tr is None:
             return
         tr.send_close(<WSCloseCode>code, reason.encode()[:120])
         self.close_handle = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, (<object>tr).disconnect, False)
 
-    cpdef overflow(self, int reason):
-        if self.state > S_OPEN:
+    def refuse(self, str code, str msg, int close_code, object seq=_UNSET) -> None:
+        if self.state >= S_CLOSING:
             return
-        stats = self.tenant.stats
-        if reason == R_OVER_SESSION:
-            stats.outbound_max_closes += 1
-        else:
-            stats.outbound_total_closes += 1
-        self.drop_queued()
-        self.close(4005, "slow consumer: outbound buffer over its limit")
+        self.send_error(code, msg, seq)
+        self.close(close_code, msg)
+
+    cdef int _overflow(self, int reason) except -1:
+        if self.state > S_OPEN:
+            return 0
+        self.lane.inc(C_SLOW_OUTBOUND_MAX if reason == OVER_SESSION else C_SLOW_OUTBOUND_TOTAL_MAX)
+        self._drop_queued()
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer over its limit")
+        return 0
 
     # -- picows callbacks --------------------------------------------------------------
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
-        self.gateway.on_connected(self)
+        self.host.on_connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
-        self.release()
-        self.gateway.on_disconnected(self)
+        self._release()
+        self.host.on_disconnected(self)
 
     cpdef pause_writing(self):
         self.paused = True
-        if self.slow_handle is None and self.state <= S_OPEN:
-            self.slow_handle = asyncio.get_running_loop().call_later(
-                self.tenant.writer_send_timeout, self._slow_consumer)
+        self.host.on_paused(self)
 
     cpdef resume_writing(self):
         self.paused = False
-        if self.slow_handle is not None:
-            self.slow_handle.cancel()
-            self.slow_handle = None
-
-    def _slow_consumer(self) -> None:
-        self.slow_handle = None
-        if self.paused and self.state <= S_OPEN:
-            self.tenant.stats.writer_timeouts += 1
-            self.close(4005, "slow consumer")
+        self.host.on_resumed(self)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType mt = frame.msg_type
@@ -221,7 +192,7 @@ cdef class Session(Endpoint):
             return
         if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
             if self.frag is not None:
-                self.close(1002, "new message inside a fragmented one")
+                self.close(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
                 return
             if not frame.fin:
                 self._start_fragments(frame, mt == WSMsgType.BINARY)
@@ -252,7 +223,7 @@ cdef class Session(Endpoint):
         cdef bint binary
         cdef bytes whole
         if buf is None:
-            self.close(1002, "continuation without a message")
+            self.close(CLOSE_PROTOCOL_ERROR, "continuation without a message")
             return
         binary = self.frag_binary
         if len(buf) + frame.payload_size > self.lane.max_frame_bytes:
@@ -275,17 +246,18 @@ cdef class Session(Endpoint):
         cdef int code
         if self.state != S_CLOSING and not transport.is_close_frame_sent:
             if frame.payload_size < 2:
-                code = 1000
+                code = CLOSE_NORMAL
             else:
                 code = frame.get_close_code()
                 if not _close_code_valid(code):
                     self._protocol_error(transport, "invalid close code")
                     return
             if self.over:
-                self.drop_queued()
-            self.flush()
-            self.release()
-            self.gateway.detach(self)
+                self._drop_queued()
+            self._flush()
+            self.state = S_CLOSING
+            self._release()
+            self.host.detach(self)
             transport.send_close(<WSCloseCode>code)
         transport.disconnect()
         if self.close_handle is None:   # a peer that stops reading cannot hold the socket
@@ -296,32 +268,31 @@ cdef class Session(Endpoint):
         if self.state >= S_CLOSING or transport.is_close_frame_sent:
             transport.disconnect()
             return
-        self.close(1002, reason)
+        self.close(CLOSE_PROTOCOL_ERROR, reason)
         transport.disconnect()
 
     # -- both lanes --------------------------------------------------------------------
     cdef int _too_large(self, bint binary) except -1:
         cdef LanePolicy lane = self.lane
         if self.state == S_OPEN:
-            lane.counts_[_C_HOT_TOO_LARGE if binary else _C_EXT_TOO_LARGE] += 1
+            lane.inc(C_HOT_DENY_TOO_LARGE if binary else C_EXT_DENY_TOO_LARGE)
             if not (binary and lane.hot_silent):
-                self.send_error("PAYLOAD_TOO_LARGE", f"message larger than {lane.max_frame_bytes} bytes")
-        self.close(1009, "message too big")
+                self.send_error(_PAYLOAD_TOO_LARGE, f"message larger than {lane.max_frame_bytes} bytes")
+        self.close(CLOSE_TOO_BIG, "message too big")
         return 0
 
-    cdef bint _rate_ok(self) except -1:
+    cdef bint _rate_ok(self, double now) except -1:
         cdef TokenBucket bucket = self.bucket
         cdef TokenBucket shared = self.lane.bucket
-        if bucket is not None and not bucket.allow():
+        if bucket is not None and not bucket.allow_at(now):
             return False
-        if shared is not None and not shared.allow():
+        if shared is not None and not shared.allow_at(now):
             if bucket is not None:
                 bucket.refund()
             return False
         return True
 
-    cdef bint _should_notify(self):
-        cdef double now = _now()
+    cdef bint _should_notify(self, double now):
         if now - self.rl_notice_at >= _NOTICE:
             self.rl_notice_at = now
             return True
@@ -333,21 +304,23 @@ cdef class Session(Endpoint):
 
     cdef int _text(self, const unsigned char* p, Py_ssize_t n, object payload) except -1:
         cdef LanePolicy lane = self.lane
+        cdef double now
         if n > lane.max_frame_bytes:
             return self._too_large(False)
-        if not self._rate_ok():
-            lane.counts_[_C_EXT_RATE_LIMITED] += 1
-            if self._should_notify():
-                self.send_error("RATE_LIMITED", "rate limit exceeded, message dropped")
+        now = monotonic()
+        if not self._rate_ok(now):
+            lane.inc(C_EXT_DROP_RATE_LIMITED)
+            if self._should_notify(now):
+                self.send_error(_RATE_LIMITED, "rate limit exceeded, message dropped")
             return 0
         if not utf8_valid_ptr(p, n):
-            lane.counts_[_C_DECODE_ERRORS] += 1
-            lane.counts_[_C_EXT_BAD_REQUEST] += 1
-            self.close(1007, "invalid UTF-8")
+            lane.inc(C_DECODE_ERRORS)
+            lane.inc(C_EXT_DENY_BAD_REQUEST)
+            self.close(CLOSE_INVALID_UTF8, "invalid UTF-8")
             return 0
         if type(payload) is not bytes:
             payload = (<WSFrame>payload).get_payload_as_bytes()
-        _on_envelope(self, payload)
+        lane.ext_entry(self, payload)
         return 0
 
     # -- Hot Lane (binary) -------------------------------------------------------------
@@ -356,60 +329,76 @@ cdef class Session(Endpoint):
 
     cdef int _binary(self, const unsigned char* p, Py_ssize_t n) except -1:
         cdef LanePolicy lane = self.lane
-        cdef HotHeader h
-        cdef int status
-        cdef double t0
+        cdef unsigned long long h
+        cdef unsigned char status, svc, op, flags
+        cdef object handler
+        cdef double now, t0
         if n > lane.max_frame_bytes:
             return self._too_large(True)
-        if not self._rate_ok():
-            lane.counts_[_C_HOT_RATE_LIMITED] += 1
-            if not lane.hot_silent and self._should_notify():
-                self.send_error("RATE_LIMITED", "rate limit exceeded, frame dropped")
+        now = monotonic()
+        if not self._rate_ok(now):
+            lane.inc(C_HOT_DROP_RATE_LIMITED)
+            if not lane.hot_silent and self._should_notify(now):
+                self.send_error(_RATE_LIMITED, "rate limit exceeded, frame dropped")
             return 0
-        status = hot_parse(p, n, &h)
-        if status != H_OK:
-            if status == H_SHORT:
-                return self._hot_reject(_C_HOT_BAD_REQUEST, "BAD_REQUEST", "hot header needs 3 bytes")
-            if status == H_BAD_FLAGS:
-                return self._hot_reject(_C_HOT_BAD_REQUEST, "BAD_REQUEST", "invalid hot header flags")
-            return self._hot_reject(_C_HOT_BAD_REQUEST, "BAD_REQUEST", "SEQ_PRESENT without 4 seq bytes")
-        if not lane.hot_allow.allows_c(h.svc, h.op):
-            return self._hot_reject(_C_HOT_NOT_ALLOWED, "NOT_ALLOWED", "svc_id:opcode not in the tenant's hot_allowlist")
+        h = hot_parse(p, n)
+        status = h & 0xFF
+        if status != HDR_OK:
+            if status == HDR_SHORT:
+                return self._hot_reject(C_HOT_DROP_BAD_REQUEST, _BAD_REQUEST, "hot header needs 3 bytes")
+            if status == HDR_BAD_FLAGS:
+                return self._hot_reject(C_HOT_DROP_BAD_REQUEST, _BAD_REQUEST, "invalid hot header flags")
+            return self._hot_reject(C_HOT_DROP_BAD_REQUEST, _BAD_REQUEST, "SEQ_PRESENT without 4 seq bytes")
+        svc = (h >> 8) & 0xFF
+        op = (h >> 16) & 0xFF
+        flags = (h >> 24) & 0xFF
+        if not allowed(<const unsigned char*>PyBytes_AS_STRING(lane.hot_allow.bits), svc, op):
+            return self._hot_reject(C_HOT_DROP_NOT_ALLOWED, _NOT_ALLOWED, "svc_id:opcode not in the tenant's hot_allowlist")
         if lane.hot_requires_room and self.room_members is None:
-            return self._hot_reject(_C_HOT_NO_ACTIVE_ROOM, "NOT_ALLOWED", "join a room first")
-        if h.svc != _RELAY_SVC:
-            return self._hot_reject(_C_HOT_NOT_ALLOWED, "NOT_ALLOWED", "no service for this svc_id")
-        lane.counts_[_C_HOT_ALLOW] += 1
+            return self._hot_reject(C_HOT_DROP_NO_ACTIVE_ROOM, _NOT_ALLOWED, "join a room first")
+        handler = <object>PyList_GET_ITEM(lane.hot_handlers, svc)
+        if handler is None:
+            return self._hot_reject(C_HOT_DROP_NOT_ALLOWED, _NOT_ALLOWED, "no service for this svc_id")
+        lane.inc(C_HOT_ALLOW_OK)
         lane.hot_seq += 1
         if lane.hot_seq & _SAMPLE_MASK:
-            return self._relay(p, n, h.flags)
-        t0 = _now()
-        self._relay(p, n, h.flags)
-        lane.hist_hot.observe(_now() - t0)
+            return self._hot_service(handler, p, n, op, flags)
+        t0 = monotonic()
+        self._hot_service(handler, p, n, op, flags)
+        lane.hist_hot.observe(monotonic() - t0)
         return 0
 
     cdef int _hot_reject(self, int counter, str code, str msg) except -1:
         cdef LanePolicy lane = self.lane
-        lane.counts_[counter] += 1
+        lane.inc(counter)
         if not lane.hot_silent:
             self.send_error(code, msg)
         return 0
 
-    cdef int _relay(self, const unsigned char* p, Py_ssize_t n, unsigned char flags) except -1:
-        cdef bytes frame = build_frame_ptr(0x2, p, n)
-        cdef Py_ssize_t drops
+    cdef int _hot_service(self, object handler, const unsigned char* p, Py_ssize_t n,
+                          unsigned char op, unsigned char flags) except -1:
+        cdef Py_ssize_t head = 7 if flags & HOT_SEQ_PRESENT else 3
         cdef unsigned char ack[7]
-        if flags & 0x02:
+        if handler is _RELAY:
+            self._relay(p, n, flags)
+        elif not handler(self, op, flags, PyBytes_FromStringAndSize(<const char*>p + head, n - head)):
+            return 0
+        if flags & HOT_ACK_REQUESTED and flags & HOT_SEQ_PRESENT:
+            ack[0] = p[0]; ack[1] = p[1]; ack[2] = HOT_SEQ_PRESENT | HOT_IS_ACK
+            ack[3] = p[3]; ack[4] = p[4]; ack[5] = p[5]; ack[6] = p[6]
+            self._enqueue(build_frame_ptr(OP_BINARY, ack, 7), False)
+        return 0
+
+    cdef int _relay(self, const unsigned char* p, Py_ssize_t n, unsigned char flags) except -1:
+        cdef bytes frame = build_frame_ptr(OP_BINARY, p, n)
+        cdef Py_ssize_t drops
+        if flags & HOT_ACK_REQUESTED:
             # the frame is still ours alone: clear ACK_REQUESTED in place
-            (<unsigned char*>PyBytes_AS_STRING(frame))[len(frame) - n + 2] = flags & ~0x02
+            (<unsigned char*>PyBytes_AS_STRING(frame))[len(frame) - n + 2] = flags & ~HOT_ACK_REQUESTED
         if self.room_members is None:
             drops = 0 if self._enqueue(frame, True) else 1
         else:
             drops = broadcast(self.room_members, frame, True)
         if drops:
-            self.lane.counts_[_C_EGRESS_DROPS] += drops
-        if flags & 0x02 and flags & 0x01:
-            ack[0] = p[0]; ack[1] = p[1]; ack[2] = 0x05
-            ack[3] = p[3]; ack[4] = p[4]; ack[5] = p[5]; ack[6] = p[6]
-            self._enqueue(build_frame_ptr(0x2, ack, 7), False)
+            self.lane.add(C_EGRESS_DROPS, drops)
         return 0

@@ -1,22 +1,20 @@
-# Contract of the compiled Hot Lane header parser and allowlist.
-from libc.stdint cimport uint8_t, uint32_t
+# Types for compiling hotheader_py.py as wsprism._fast.hotheader_c (one source, two
+# builds). framer_c cimports hot_parse and allowed from here.
+cimport cython
 
-cdef enum:
-    H_OK = 0
-    H_SHORT = 1
-    H_BAD_FLAGS = 2
-    H_SHORT_SEQ = 3
+from .codes_c cimport (
+    HDR_BAD_FLAGS, HDR_OK, HDR_SHORT, HDR_SHORT_SEQ, HOT_CLIENT_FLAGS, HOT_SEQ_PRESENT,
+)
 
-cdef struct HotHeader:
-    uint8_t svc
-    uint8_t op
-    uint8_t flags
-    uint32_t seq
 
-cdef int hot_parse(const unsigned char* p, Py_ssize_t n, HotHeader* h) noexcept nogil
+@cython.locals(svc=cython.ulonglong, op=cython.ulonglong, flags=cython.ulonglong, seq=cython.ulonglong,
+               head=cython.ulonglong)
+cdef unsigned long long hot_parse(const unsigned char* p, Py_ssize_t n) noexcept nogil
 
+@cython.locals(idx=cython.uint)
+cdef bint allowed(const unsigned char* bits, unsigned int svc, unsigned int op) noexcept nogil
+
+
+@cython.final
 cdef class HotAllowlist:
-    cdef unsigned char _bits[8192]
-    cdef inline bint allows_c(self, unsigned int svc, unsigned int op) noexcept nogil:
-        cdef unsigned int idx = (svc << 8) | op
-        return (self._bits[idx >> 3] >> (idx & 7)) & 1
+    cdef readonly bytes bits

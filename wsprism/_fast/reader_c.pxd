@@ -1,7 +1,7 @@
 # Contract of the compiled inbound side (frame guard, read buffer) for other _c modules.
 from picows.picows cimport MemoryBuffer
 
-from .framer_c cimport Session
+from .framer_c cimport Conn
 
 
 cdef class FrameGuard:
@@ -22,7 +22,7 @@ cdef class FrameGuard:
 cdef class Reader:
     cdef public object answer_method
     cdef public object head
-    cdef public Session session
+    cdef public Conn session
     cdef public FrameGuard guard
     cdef public bint dropping
     cdef public Py_ssize_t turn_bytes

@@ -14,17 +14,14 @@ from picows.picows cimport MemoryBuffer
 
 from picows.picows import WSProtocol
 
-from .fanout_c cimport S_OPEN
-from .framer_c cimport Session
+from .codes_c cimport OP_BINARY, OP_CONT, OP_TEXT, S_OPEN
+from .framer_c cimport Conn
 
 _log = logging.getLogger("wsprism.reader")
 
 _get_buffer = WSProtocol.get_buffer
 _buffer_updated = WSProtocol.buffer_updated
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
 HEAD_MAX = 65536
 READ_SLICE = 16384
 SHRINK_AFTER = 0.1
@@ -161,7 +158,7 @@ cdef class Reader:
         return None if self.buf is None else self.buf.capacity
 
     cdef int _updated(self, object proto, object view, Py_ssize_t n) except -1:
-        cdef Session session
+        cdef Conn session
         cdef FrameGuard guard
         cdef Py_ssize_t k
         if self.dropping:
@@ -209,9 +206,9 @@ cdef class Reader:
         if listener is None:
             return 0
         self.head = None
-        if type(listener) is not Session:
+        if not isinstance(listener, Conn):
             return 0
-        self.session = <Session>listener
+        self.session = <Conn>listener
         end = head.find(b"\r\n\r\n")
         self.guard.feed(head[end + 4:], self.session.lane.max_frame_bytes)
         if self.guard.refused:
@@ -239,7 +236,7 @@ cdef class Reader:
         return True
 
     cdef int _refuse(self, object proto) except -1:
-        cdef Session session = self.session
+        cdef Conn session = self.session
         self.dropping = True
         if session.state <= S_OPEN:
             session._too_large(self.guard.refused_binary)

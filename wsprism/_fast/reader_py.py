@@ -34,14 +34,14 @@ import asyncio
 
 from picows.picows import WSProtocol
 
-from .framer_py import OPEN, Session
+from .codes_py import Opcode, SessionState
+from .framer_py import Conn
 
+_OPEN = SessionState.S_OPEN
 _get_buffer = WSProtocol.get_buffer
 _buffer_updated = WSProtocol.buffer_updated
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
+_OP_CONT, _OP_TEXT, _OP_BINARY = (int(o) for o in (Opcode.OP_CONT, Opcode.OP_TEXT, Opcode.OP_BINARY))
 HEAD_MAX = 65536       # bytes of an unfinished HTTP request kept for the method check
 READ_SLICE = 16384     # bytes one connection reads before it yields a loop turn to the others
 SHRINK_AFTER = 0.1     # seconds of quiet after which a grown read buffer is shrunk (compiled)
@@ -111,14 +111,14 @@ class FrameGuard:
                 length = flag
             op = hdr[0] & 0x0F
             fin = hdr[0] & 0x80
-            if op == OP_TEXT or op == OP_BINARY:
-                binary = op == OP_BINARY
+            if op == _OP_TEXT or op == _OP_BINARY:
+                binary = op == _OP_BINARY
                 if length > limit:
                     return self._refuse(binary, start)
                 self.in_msg = not fin
                 self.msg_binary = binary
                 self.msg_total = length
-            elif op == OP_CONT:
+            elif op == _OP_CONT:
                 binary = self.msg_binary if self.in_msg else False
                 before = self.msg_total if self.in_msg else 0
                 if length > limit or before + length > limit:
@@ -147,7 +147,7 @@ class Reader:
     def __init__(self, proto, answer_method) -> None:
         self.answer_method = answer_method   # (method, target) -> WSUpgradeResponse, or None
         self.head = bytearray()  # the HTTP request so far; None once upgraded or answered
-        self.session = None      # the listener, once upgraded (a framer Session)
+        self.session = None      # the listener, once upgraded (a session: a framer Conn)
         self.guard = FrameGuard()
         self.dropping = False    # refused: nothing more goes to picows
         self.turn_bytes = 0      # read since this connection last yielded a turn
@@ -187,7 +187,7 @@ class Reader:
 
     def _http(self, proto, view, n: int) -> None:
         head = self.head
-        if head is None:                 # answered without an upgrade, or not a Session
+        if head is None:                 # answered without an upgrade, or not a session
             _buffer_updated(proto, n)
             return
         if len(head) < HEAD_MAX:
@@ -200,7 +200,7 @@ class Reader:
             return
         # upgraded during this read: what followed the request was frames, already parsed
         self.head = None
-        if type(listener) is not Session:
+        if not isinstance(listener, Conn):
             return
         self.session = listener
         end = head.find(b"\r\n\r\n")
@@ -233,7 +233,7 @@ class Reader:
         socket is no longer read; its close timer aborts it if the peer lingers."""
         self.dropping = True
         session = self.session
-        if session.state <= OPEN:        # OPEN or PENDING: tell it
+        if session.state <= _OPEN:       # OPEN or PENDING: tell it
             session._too_large(self.guard.refused_binary)
         proto.transport.underlying_transport.pause_reading()
 

@@ -9,8 +9,6 @@
 
 `service` comes from the config, `route` and `status` from fixed sets: never client input.
 """
-from bisect import bisect_left
-
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 WEBHOOK_OUTCOMES = ("ok", "error", "timeout", "unreachable", "bad_status", "bad_answer", "too_large", "rejected")
@@ -20,28 +18,6 @@ AUTH_OUTCOMES = ("ok", "refused", "timeout", "unreachable", "bad_answer", "too_l
 WEBHOOK_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
-
-
-class Histogram:
-    """Bucket counts; `observe` is a bisect and two adds."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(WEBHOOK_BUCKETS) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(WEBHOOK_BUCKETS, seconds)] += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        out, total = [], 0
-        for bound, n in zip(WEBHOOK_BUCKETS, self.counts):
-            total += n
-            out.append((repr(bound), total))
-        out.append(("+Inf", total + self.counts[-1]))
-        return out
 
 
 def backend_metrics(gateway):
@@ -57,11 +33,12 @@ def backend_metrics(gateway):
             for outcome, n in fwd.outcomes.items():
                 requests.add_metric([tid, svc, outcome], n)
             duration.add_metric([tid, svc], fwd.latency.cumulative(), fwd.latency.sum)
-        if tenant.authenticator.deferred:
+        if tenant.auth.deferred:
+            outcomes = tenant.auth.outcomes
             for outcome in AUTH_OUTCOMES:
-                auth.add_metric([tid, outcome], gateway.auth_outcomes.get((tid, outcome), 0))
+                auth.add_metric([tid, outcome], outcomes.get(outcome, 0))
     yield from (requests, duration, auth)
-    api = getattr(gateway, "api", None)
+    api = gateway.api
     if api is not None:
         calls = CounterMetricFamily(
             "wsprism_api_requests", "Server API requests", labels=["tenant", "route", "status"])

@@ -4,7 +4,7 @@ Attribute names are the YAML keys. Defaults and single-value ranges live here (m
 checks them during conversion); checks that involve more than one value, or a format
 (listen addresses, allowlist entries, URLs), live in validate.py.
 """
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, field
@@ -188,11 +188,18 @@ class AuthConfig(_Section, kw_only=True):
 
 
 class ServiceConfig(_Section, kw_only=True):
-    """An Ext Lane service forwarded to the tenant's backend over HTTP."""
+    """A service of the tenant: forwarded to the backend over HTTP (`webhook`, SPEC 10),
+    or a Python class run inside the gateway (`python`, SPEC 15). Exactly one of the two."""
 
-    webhook: NonEmptyStr
-    timeout_ms: TimeoutMs = 2_000
+    webhook: NonEmptyStr | None = None
+    python: NonEmptyStr | None = None        # "module:attribute"
+    hot_svc_id: int | None = None            # python only: 2-255, unique per tenant
+    options: dict[str, Any] = {}             # python only: handed to the class
+    timeout_ms: TimeoutMs | None = None      # default 2000 (webhook), 5000 (python)
     max_inflight_per_session: Positive = 16
+    # > 1: a session's queued messages go to the backend together, up to this many per
+    # POST, in the batch shape of docs/backend.md (opt-in: the backend must speak it)
+    batch_max_messages: Annotated[int, Meta(ge=1, le=1000)] = 1
 
 
 class TenantConfig(_Section, kw_only=True):

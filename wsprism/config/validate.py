@@ -8,18 +8,20 @@ import ipaddress
 import math
 import re
 
-from .schema import AuthConfig, Config, GatewayConfig, Policy, TenantConfig
+from .. import names
+from .schema import AuthConfig, Config, GatewayConfig, Policy, ServiceConfig, TenantConfig
 
 __all__ = ["ConfigError", "check_version", "split_listen", "validate"]
 
 SUPPORTED_VERSION = 1
-NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 EXT_PART_RE = re.compile(r"[A-Za-z0-9_.-]+")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
 BUILTIN_SERVICES = frozenset({"room", "sys", "chat"})
 RESERVED_HTTP_PATHS = frozenset({"/v1/ws", "/v1/ws/check", "/healthz", "/readyz", "/demo"})
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::"})
+PYTHON_TARGET_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+HOT_SVC_IDS = range(2, 256)      # 0 is reserved, 1 is the built-in relay
 
 
 class ConfigError(Exception):
@@ -78,7 +80,7 @@ def validate(cfg: Config) -> Config:
     seen: dict[str, int] = {}
     for i, tenant in enumerate(cfg.tenants):
         path = f"tenants[{i}]"
-        if not NAME_RE.fullmatch(tenant.id):
+        if not names.TENANT_ID.fullmatch(tenant.id):
             raise ConfigError(f"{path}.id", f"invalid tenant id {tenant.id!r} (expected 1-64 of A-Z a-z 0-9 _ . -)")
         if tenant.id in seen:
             raise ConfigError(f"{path}.id", f"duplicate tenant id {tenant.id!r} (also tenants[{seen[tenant.id]}])")
@@ -166,13 +168,38 @@ def _check_outbound(cfg: Config) -> None:
 def _check_tenant(tenant: TenantConfig, path: str) -> None:
     _check_policy(tenant.policy, f"{path}.policy")
     _check_auth(tenant.auth, f"{path}.auth")
+    hot_ids: dict[int, str] = {}
     for name, svc in tenant.services.items():
         spath = f"{path}.services.{name}"
-        if not NAME_RE.fullmatch(name):
+        if not names.SERVICE_NAME.fullmatch(name):
             raise ConfigError(spath, f"invalid service name {name!r} (expected 1-64 of A-Z a-z 0-9 _ . -)")
         if name in BUILTIN_SERVICES:
-            raise ConfigError(spath, f"{name!r} is a built-in service and cannot be forwarded")
+            raise ConfigError(spath, f"{name!r} is a built-in service; choose another name")
+        _check_service(svc, spath)
+        if svc.hot_svc_id is not None:
+            other = hot_ids.get(svc.hot_svc_id)
+            if other is not None:
+                raise ConfigError(f"{spath}.hot_svc_id",
+                                  f"hot_svc_id {svc.hot_svc_id} is also used by {path}.services.{other}")
+            hot_ids[svc.hot_svc_id] = name
+
+
+def _check_service(svc: ServiceConfig, spath: str) -> None:
+    if (svc.webhook is None) == (svc.python is None):
+        raise ConfigError(spath, "set exactly one of `webhook` (forwarded over HTTP) or `python` (in-process)")
+    if svc.webhook is not None:
         _check_url(svc.webhook, f"{spath}.webhook", ("http://", "https://"))
+        for key, value, unset in (("hot_svc_id", svc.hot_svc_id, None), ("options", svc.options, {})):
+            if value != unset:
+                raise ConfigError(f"{spath}.{key}", "only a `python` service takes this key")
+        return
+    if svc.batch_max_messages != 1:
+        raise ConfigError(f"{spath}.batch_max_messages", "only a `webhook` service takes this key")
+    if not PYTHON_TARGET_RE.fullmatch(svc.python):
+        raise ConfigError(f"{spath}.python", f"expected \"module:attribute\", got {svc.python!r}")
+    if svc.hot_svc_id is not None and svc.hot_svc_id not in HOT_SVC_IDS:
+        raise ConfigError(f"{spath}.hot_svc_id",
+                          f"must be 2-255, got {svc.hot_svc_id} (0 is reserved, 1 is the built-in relay)")
 
 
 def _check_policy(policy: Policy, path: str) -> None:

@@ -1,58 +1,111 @@
 """Routes an allowed Ext Lane envelope to its service and acknowledges it.
 
-Built-in services (room, chat, sys) are looked up by `svc` then `type`; any other `svc`
-listed in the tenant's `services` goes to its backend forwarder. The ack
-(`ACK_REQUESTED` with a `seq`) follows the service's own replies.
+The dispatcher knows no service by name: it is handed a `HandlerTable`, built when the
+tenant is assembled (wsprism/assembly.py), that maps `svc` (and, for the built-ins,
+`type`) to a handler. Built-ins (room, chat, sys), webhook forwarders and Python
+services are all registered there the same way.
+
+A handler is `handler(session, env) -> None | DEFERRED`. It raises `ServiceError` for
+an error the client should see (a `sys.error` with that code; the session stays). A
+handler that answers later (an awaited backend or service call) returns `DEFERRED`
+and sends its own reply and ack; otherwise the dispatcher acks (`ACK_REQUESTED` with a
+`seq`) after the handler's own replies.
 """
 import logging
+from collections.abc import Callable
 from time import perf_counter
 
 import msgspec
 
-from .._fast import counters as c
-from ..ops.logs import about
-from ..services import chat, room
-from ..services import sys as sys_service
-from ..services.base import DEFERRED, ServiceError
+from .._fast import Counter, ExtFlag
 from . import codes
-from .envelope import FLAG_ACK_REQUESTED, encode_ack
+from .envelope import encode_ack
+from .session import about
 
 log = logging.getLogger("wsprism.dispatch")
 
-BUILTIN: dict[str, dict] = {"room": room.HANDLERS, "chat": chat.HANDLERS, "sys": sys_service.HANDLERS}
-_EMPTY: dict = {}
 _UNSET = msgspec.UNSET
+_ACK = ExtFlag.EXT_ACK_REQUESTED
 
 
-def dispatch(session, env, payload: bytes) -> None:
-    tenant = session.tenant
-    stats = tenant.stats
-    handlers = BUILTIN.get(env.svc)
-    handler = (handlers or _EMPTY).get(env.type)
-    if handler is None:
-        forwarder = tenant.forwarders.get(env.svc) if handlers is None else None
-        if forwarder is None:
-            session.lane.bump(c.C_EXT_UNKNOWN_SERVICE)
+class ServiceError(Exception):
+    """Turns into a `sys.error` with this code for the sender; the session stays open.
+    A code that is not one of SPEC 3's becomes INTERNAL."""
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(msg)
+        self.code = codes.error_code(code)
+        self.msg = msg
+
+
+# Returned by a handler whose answer comes later: the dispatcher then sends no ack.
+DEFERRED = object()
+
+Handler = Callable[..., object]     # handler(session, env) -> None | DEFERRED
+
+
+class HandlerTable:
+    """svc -> handler, built once per tenant assembly (and again on reload)."""
+
+    __slots__ = ("by_type", "any_type")
+
+    def __init__(self) -> None:
+        self.by_type: dict[str, dict[str, Handler]] = {}   # built-ins: svc -> type -> handler
+        self.any_type: dict[str, Handler] = {}             # forwarded/Python: svc -> handler
+
+    def add_types(self, svc: str, handlers: dict[str, Handler]) -> None:
+        """A service whose types are fixed: any other type of it is an unknown service."""
+        self._free(svc)
+        self.by_type[svc] = dict(handlers)
+
+    def add_service(self, svc: str, handler: Handler) -> None:
+        """A service that takes every `type` (webhook forwarders, Python services)."""
+        self._free(svc)
+        self.any_type[svc] = handler
+
+    def _free(self, svc: str) -> None:
+        if svc in self.by_type or svc in self.any_type:
+            raise ValueError(f"service {svc!r} is registered twice")
+
+    def find(self, svc: str, type_: str) -> Handler | None:
+        handlers = self.by_type.get(svc)
+        if handlers is not None:
+            return handlers.get(type_)
+        return self.any_type.get(svc)
+
+
+class Dispatcher:
+    """One tenant's dispatch: the table, and the counters it bumps."""
+
+    __slots__ = ("table", "stats", "lane")
+
+    def __init__(self, table: HandlerTable, stats, lane) -> None:
+        self.table = table
+        self.stats = stats
+        self.lane = lane
+
+    def dispatch(self, session, env) -> None:
+        handler = self.table.find(env.svc, env.type)
+        if handler is None:
+            self.lane.bump(Counter.C_EXT_DENY_UNKNOWN_SERVICE)
             session.send_error(codes.NOT_ALLOWED, "unknown service", env.seq)
             return
-        session.lane.bump(c.C_EXT_ALLOW)
-        forwarder.forward(session, env, payload)
-        return
-    session.lane.bump(c.C_EXT_ALLOW)
-    t0 = perf_counter()
-    try:
-        result = handler(session, env)
-    except ServiceError as exc:
-        stats.service_errors_ext += 1
-        session.send_error(exc.code, exc.msg, env.seq)
-        return
-    except Exception:
-        log.exception("service %s:%s failed", env.svc, env.type,
-                      extra=about(session, svc=env.svc, room=env.room, code=codes.INTERNAL))
-        stats.service_errors_ext += 1
-        session.send_error(codes.INTERNAL, "internal error", env.seq)
-        return
-    finally:
-        stats.dispatch_ext.observe(perf_counter() - t0)
-    if result is not DEFERRED and env.flags & FLAG_ACK_REQUESTED and env.seq is not _UNSET:
-        session.send(encode_ack(env.seq))
+        self.lane.bump(Counter.C_EXT_ALLOW_OK)
+        stats = self.stats
+        t0 = perf_counter()
+        try:
+            result = handler(session, env)
+        except ServiceError as exc:
+            stats.service_errors_ext += 1
+            session.send_error(exc.code, exc.msg, env.seq)
+            return
+        except Exception:
+            log.exception("service %s:%s failed", env.svc, env.type,
+                          extra=about(session, svc=env.svc, room=env.room, code=codes.INTERNAL))
+            stats.service_errors_ext += 1
+            session.send_error(codes.INTERNAL, "internal error", env.seq)
+            return
+        finally:
+            stats.dispatch_ext.observe(perf_counter() - t0)
+        if result is not DEFERRED and env.flags & _ACK and env.seq is not _UNSET:
+            session.send(encode_ack(env.seq))

@@ -13,13 +13,11 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .._fast import json_too_deep
+from .._fast import ExtFlag, json_too_deep
 
 U64_MAX = 2**64 - 1
 
-FLAG_SEQ_PRESENT = 0x01
-FLAG_ROOM_PRESENT = 0x02
-FLAG_ACK_REQUESTED = 0x04
+FLAG_ACK_REQUESTED = int(ExtFlag.EXT_ACK_REQUESTED)     # the one flag that changes what we do
 
 
 class Envelope(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -132,6 +130,20 @@ def encode_ack(seq: int) -> bytes:
 def encode_sys(type_: str, room: str | None = None, data: Any = msgspec.UNSET, **extra: Any) -> bytes:
     """A `sys` message: `{"v":1,"svc":"sys","type":...,"room"?:...,"data"?:...}`."""
     return encode_message("sys", type_, room, data, **extra)
+
+
+def reply_head(svc: str) -> bytes:
+    """The fixed start of a service's replies, for `encode_reply` (built once per service)."""
+    return b'{"v":1,"svc":' + _encoder.encode(svc) + b',"type":"reply"'
+
+
+def encode_reply(head: bytes, seq: Any, data: Any) -> bytes:
+    """`{"v":1,"svc":<svc>,"type":"reply","seq"?:<seq>,"data":<data>}`, `head` from
+    `reply_head(svc)`: a service's answer to the sender (webhook and Python services)."""
+    body = _encoder.encode(data)
+    if seq is msgspec.UNSET:
+        return b'%s,"data":%s}' % (head, body)
+    return b'%s,"seq":%d,"data":%s}' % (head, seq, body)
 
 
 def encode_message(svc: str, type_: str, room: str | None, data: Any, **extra: Any) -> bytes:

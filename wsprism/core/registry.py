@@ -1,19 +1,21 @@
-"""The session registry of one tenant: who is connected, by user and by (user, sid).
+"""The session registry of one tenant: who is connected, by user and by sid.
 
 Counts are exact within one process: the event loop runs one callback at a time, and a
 session is counted from the moment its handshake is accepted (`reserve`) until it is
-detached.
+detached. A sid is unique per user (a reconnect with the same user and sid replaces the
+live session, SPEC 1); two users may share one, so `by_sid` holds one session or, rarely,
+a list of them.
 """
-from .session import Session
 
 
 class SessionRegistry:
-    __slots__ = ("count", "by_user", "by_key")
+    __slots__ = ("count", "admitted", "by_user", "by_sid")
 
     def __init__(self) -> None:
-        self.count = 0                                   # accepted handshakes not yet gone
-        self.by_user: dict[str, list[Session]] = {}      # admitted sessions, oldest first
-        self.by_key: dict[tuple[str, str], Session] = {}
+        self.count = 0                          # accepted handshakes not yet gone
+        self.admitted = 0                       # of which admitted (in by_user and by_sid)
+        self.by_user: dict[str, list] = {}      # admitted sessions, oldest first
+        self.by_sid: dict[str, object] = {}     # sid -> Session, or list of Sessions
 
     def reserve(self) -> None:
         self.count += 1
@@ -21,30 +23,53 @@ class SessionRegistry:
     def release(self) -> None:
         self.count -= 1
 
-    def find(self, user: str, sid: str) -> Session | None:
-        return self.by_key.get((user, sid))
+    def find(self, user: str, sid: str):
+        for session in self.with_sid(sid):
+            if session.user == user:
+                return session
+        return None
 
-    def sessions_of(self, user: str) -> list[Session]:
+    def with_sid(self, sid: str) -> list:
+        entry = self.by_sid.get(sid)
+        if entry is None:
+            return []
+        return list(entry) if type(entry) is list else [entry]
+
+    def sessions_of(self, user: str) -> list:
         return self.by_user.get(user, [])
 
-    def add(self, session: Session) -> None:
+    def add(self, session) -> None:
+        self.admitted += 1
         self.by_user.setdefault(session.user, []).append(session)
-        self.by_key[(session.user, session.sid)] = session
+        sid = session.sid
+        entry = self.by_sid.get(sid)
+        if entry is None:
+            self.by_sid[sid] = session
+        elif type(entry) is list:
+            entry.append(session)
+        else:
+            self.by_sid[sid] = [entry, session]
 
-    def remove(self, session: Session) -> None:
+    def remove(self, session) -> None:
         lst = self.by_user.get(session.user)
         if lst is not None:
             try:
                 lst.remove(session)
+                self.admitted -= 1
             except ValueError:
                 pass
             if not lst:
                 del self.by_user[session.user]
-        key = (session.user, session.sid)
-        if self.by_key.get(key) is session:
-            del self.by_key[key]
+        sid = session.sid
+        entry = self.by_sid.get(sid)
+        if entry is session:
+            del self.by_sid[sid]
+        elif type(entry) is list and session in entry:
+            entry.remove(session)
+            if len(entry) == 1:
+                self.by_sid[sid] = entry[0]
 
-    def all_sessions(self) -> list[Session]:
+    def all_sessions(self) -> list:
         return [s for lst in self.by_user.values() for s in lst]
 
     @property

@@ -1,17 +1,13 @@
-"""Rooms and presence of one tenant.
+"""Room membership of one tenant (the table behind `Tenant.join`/`leave`/`presence`).
 
 A room holds its member sessions (in join order) and how many sessions each user has
 in it, so presence counts users, not tabs. `max_users_per_room` counts distinct users,
 `max_rooms_per_user` counts distinct rooms over all of a user's sessions, and a room
-with no member left is deleted at once.
+with no member left is deleted at once. Announcing joins and leaves, and fanning out,
+is the tenant's (core/tenant.py): this table only keeps the sets.
 """
-import re
-
-from .._fast import OP_TEXT, broadcast, build_frame
 from . import codes
-from .envelope import encode_message
 
-ROOM_NAME = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 PRESENCE_USERS_CAP = 1000
 
 
@@ -32,22 +28,23 @@ class Room:
 
 
 class RoomTable:
-    __slots__ = ("rooms", "user_rooms", "limits", "presence_events")
+    __slots__ = ("rooms", "user_rooms", "limits")
 
     def __init__(self) -> None:
         self.rooms: dict[str, Room] = {}
         self.user_rooms: dict[str, dict[str, int]] = {}   # user -> {room: sessions in it}
         self.limits = None
-        self.presence_events = False
 
     def get(self, name: str) -> Room | None:
         return self.rooms.get(name)
 
-    def join(self, session, name: str) -> bool:
-        """Add the session to the room and make it the session's active room.
+    def is_member(self, session, name: str) -> bool:
+        room = self.rooms.get(name)
+        return room is not None and session in room.members
 
-        True when this is the user's first session in the room (the caller announces
-        it with `announce_join` after answering the joiner)."""
+    def join(self, session, name: str) -> bool:
+        """Add the session to the room and make it the session's active room; RoomError
+        past a limit. True when this is the user's first session in the room."""
         room = self.rooms.get(name)
         if room is not None and session in room.members:
             del session.rooms[name]             # re-join: make it the active room again
@@ -76,24 +73,19 @@ class RoomTable:
         session.room_members = room.members
         return first_of_user
 
-    def announce_join(self, name: str, user: str) -> None:
-        """`room.user_joined` to every member, when the tenant has presence events on."""
-        room = self.rooms.get(name)
-        if room is not None and self.presence_events:
-            self.broadcast(room, encode_message("room", "user_joined", name, {"user": user}))
-
-    def leave(self, session, name: str) -> bool:
-        """Remove the session from the room; False if it was not a member."""
+    def leave(self, session, name: str) -> Room | None:
+        """Remove the session from the room. None if it was not a member; else the room,
+        whose `users` no longer holds the user if this was the user's last session in it
+        (a room left empty is already deleted from the table)."""
         room = self.rooms.get(name)
         if room is None or session not in room.members:
-            return False
+            return None
         del room.members[session]
         del session.rooms[name]
         active = next(reversed(session.rooms), None)
         session.room_members = self.rooms[active].members if active is not None else None
         user = session.user
-        left_room = room.users[user] == 1
-        if left_room:
+        if room.users[user] == 1:
             del room.users[user]
         else:
             room.users[user] -= 1
@@ -106,19 +98,7 @@ class RoomTable:
             mine[name] -= 1
         if not room.members:
             del self.rooms[name]
-        elif left_room and self.presence_events:
-            self.broadcast(room, encode_message("room", "user_left", name, {"user": user}))
-        return True
-
-    def leave_all(self, session) -> None:
-        for name in list(session.rooms):
-            self.leave(session, name)
-
-    def broadcast(self, room: Room, data: bytes) -> int:
-        """Reliable fan-out: the frame is built once and queued for every member.
-        Returns how many members it went to."""
-        broadcast(room.members, build_frame(OP_TEXT, data), False)
-        return len(room.members)
+        return room
 
     def presence(self, name: str, limit: int = PRESENCE_USERS_CAP) -> tuple[int, list[str]]:
         room = self.rooms.get(name)

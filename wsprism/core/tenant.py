@@ -1,64 +1,198 @@
-"""Everything the gateway keeps for one tenant while it runs.
+"""What the realtime core keeps for one tenant, and the one place its sessions are
+admitted, its rooms joined and left, and its rooms published to.
 
-Built by the gateway from the tenant's config and re-applied on reload (`apply`):
-policy objects change for the next check, the live state (sessions, rooms, counters)
-stays.
+Every way a message reaches a room goes through `publish` (reliable: chat, Python
+services' `gw.publish`, webhook answers' `publish` entries, the server API) or
+`publish_hot` (lossy: `gw.publish_hot`); every membership change through `admit`,
+`remove`, `join` and `leave`. These are the seams a broker wraps for scale-out
+(SPEC 11: fan-out, presence and exact limits across nodes) and where history numbers
+room messages (SPEC 13: `offset`/`epoch` given at `publish`). The Hot Lane relay
+(svc 1) fans out inside the compiled framer, straight to the active room's members.
+
+The tenant is assembled beside the gateway (wsprism/assembly.py), which fills in what
+the core is handed: the lane policy's entries, the dispatcher's handler table, the
+admission rule, the membership listeners (Python services' hooks), and what services
+reach through their tenant (`auth`, `http`). The core imports nothing from policy,
+ops or services.
 """
-from ..auth import make_authenticator
-from ..ops.metrics import TenantStats
-from .._fast import LanePolicy
-from ..policy.allowlist import ExtAllowlist, HotAllowlist
-from ..policy.ratelimit import new_session_bucket, new_tenant_bucket
-from ..services.webhook import build_forwarders
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
+
+from .._fast import OP_BINARY, OP_TEXT, OPEN, Counter, LanePolicy, broadcast, build_frame
+from . import codes
+from .envelope import encode_message, encode_sys
 from .registry import SessionRegistry
-from .rooms import RoomTable
+from .rooms import PRESENCE_USERS_CAP, RoomTable
+from .stats import TenantStats
+
+KICK_REPLACED = encode_sys("kicked", data={"reason": "replaced"})
+KICK_EXCEEDED = encode_sys("kicked", data={"reason": "max_sessions_exceeded"})
+
+_UNSET = msgspec.UNSET
 
 
-class TenantRuntime:
+class Presence(NamedTuple):
+    count: int            # distinct users in the room (exact)
+    users: list[str]      # up to the limit asked for, in join order
+
+
+class MembershipListener(Protocol):
+    """Told of every membership change of the tenant (Python services' on_join,
+    on_leave and on_disconnect hooks). Must not raise and must not block."""
+
+    def joined(self, session, room: str) -> None: ...
+    def left(self, session, room: str) -> None: ...
+    def disconnected(self, session) -> None: ...
+
+
+# admission_rule(registry, user, policy) -> (denied, sessions to kick): policy/sessions.py
+AdmissionRule = Callable[[SessionRegistry, str, Any], tuple[bool, list]]
+
+
+class Tenant:
     __slots__ = (
-        "id", "cfg", "limits", "policy", "stats", "lane", "sessions", "rooms", "ext_allow",
-        "authenticator", "forwarders", "writer_send_timeout", "generation",
+        # the core's own state
+        "id", "lane", "stats", "sessions", "rooms", "presence_events", "listeners", "generation",
+        # configuration, handed in by the assembly (and again on reload)
+        "cfg", "policy", "limits", "writer_send_timeout", "admission_rule",
+        # the tenant's other parts, assembled beside the gateway
+        "auth", "http", "ext_lane", "ext_allow", "dispatcher", "forwarders", "services",
     )
 
-    def __init__(self, cfg, gateway_cfg) -> None:
-        self.id = cfg.id
-        self.lane = LanePolicy()            # compiled lane settings + decision counters
+    def __init__(self, tenant_id: str) -> None:
+        self.id = tenant_id
+        self.lane = LanePolicy()                  # compiled lane settings + decision counters
         self.stats = TenantStats(self.lane)
         self.sessions = SessionRegistry()
         self.rooms = RoomTable()
-        self.forwarders: dict = {}
-        self.generation = 0
-        self.apply(cfg, gateway_cfg)
+        self.presence_events = False
+        self.listeners: tuple[MembershipListener, ...] = ()
+        self.generation = 0                       # how many times a config was applied
+        self.cfg = self.policy = self.limits = None
+        self.writer_send_timeout = 1.5
+        self.admission_rule: AdmissionRule | None = None
+        self.auth = None            # wsprism/session_auth.py SessionAuth: expiry, refresh, webhook auth
+        self.http = None            # wsprism/backend/http.py HttpClient, shared by the gateway
+        self.ext_lane = None        # wsprism/policy/ext_lane.py ExtLane (also lane.ext_entry)
+        self.ext_allow = None       # its allowlist
+        self.dispatcher = None      # core/dispatcher.py Dispatcher with the tenant's handler table
+        self.forwarders: dict = {}  # svc -> wsprism/services/webhook.py Forwarder
+        self.services: dict = {}    # svc -> wsprism/services/python.py PythonService
 
-    def apply(self, cfg, gateway_cfg) -> None:
-        """Install (or re-install on reload) the tenant's config. Raises AuthSetupError."""
-        authenticator = make_authenticator(cfg.auth)
-        policy = cfg.policy
-        self.cfg = cfg
-        self.limits = cfg.limits
-        self.policy = policy
-        self.authenticator = authenticator
-        self.forwarders = build_forwarders(cfg.id, cfg.services, self.forwarders)
-        self.ext_allow = ExtAllowlist(policy.ext_allowlist)
-        self.writer_send_timeout = gateway_cfg.writer_send_timeout_ms / 1000.0
-        self.rooms.limits = cfg.limits
-        self.rooms.presence_events = policy.presence_events
-        lane = self.lane
-        shared = lane.bucket
-        if shared is not None and policy.rate_limit_scope != "connection":
-            shared.configure(policy.rate_limit_rps, policy.rate_limit_burst)
-        else:
-            shared = new_tenant_bucket(policy)
-        lane.configure(cfg.limits.max_frame_bytes, policy.hot_error_mode == "silent",
-                       policy.hot_requires_active_room, HotAllowlist(policy.hot_allowlist), shared)
-        if self.generation:
-            self._rebucket_sessions(policy)
-        self.generation += 1
+    @property
+    def authenticator(self):
+        return self.auth.authenticator
 
-    def _rebucket_sessions(self, policy) -> None:
-        """On reload, live sessions take the new rate limit at their next message."""
-        for session in self.sessions.all_sessions():
-            if session.bucket is not None and policy.rate_limit_scope != "tenant":
-                session.bucket.configure(policy.rate_limit_rps, policy.rate_limit_burst)
-            else:
-                session.bucket = new_session_bucket(policy)
+    # -- admission -----------------------------------------------------------------------
+    def admit(self, session) -> bool:
+        """Register a session whose user is known: a live session of the same user and sid
+        is replaced (`kicked` replaced, 4003), then the per-user rule applies. False when
+        the rule denies it (the caller refuses it with TOO_MANY_SESSIONS)."""
+        reg = self.sessions
+        old = reg.find(session.user, session.sid)
+        if old is not None:
+            old.send(KICK_REPLACED)
+            old.close(codes.CLOSE_KICKED, "replaced")
+        denied, kick = self.admission_rule(reg, session.user, self.policy)
+        if denied:
+            self.stats.handshake_rejections["too_many_sessions"] += 1
+            return False
+        for victim in kick:
+            victim.send(KICK_EXCEEDED)
+            victim.close(codes.CLOSE_KICKED, "max sessions exceeded")
+        reg.add(session)
+        session.registered = True
+        return True
+
+    def remove(self, session) -> None:
+        """Leave every room and the registry (idempotent): on close, kick and disconnect."""
+        if not session.registered:
+            return
+        session.registered = False
+        self.sessions.remove(session)
+        for name in list(session.rooms):
+            self.leave(session, name)
+        for listener in self.listeners:
+            listener.disconnected(session)
+
+    # -- membership ----------------------------------------------------------------------
+    def join(self, session, room: str) -> bool:
+        """Join (or re-join: make active again) a room; RoomError past a limit. True when
+        this is the user's first session in it (then `announce_joined` after `joined`)."""
+        first_of_user = self.rooms.join(session, room)
+        for listener in self.listeners:
+            listener.joined(session, room)
+        return first_of_user
+
+    def announce_joined(self, room: str, user: str) -> None:
+        """`room.user_joined` to every member, when the tenant has presence events on."""
+        r = self.rooms.get(room)
+        if r is not None and self.presence_events:
+            self._deliver(r, encode_message("room", "user_joined", room, {"user": user}))
+
+    def leave(self, session, room: str) -> bool:
+        """Leave a room; False if the session was not in it. The user's last session
+        leaving tells the others (`room.user_left`) when presence events are on."""
+        r = self.rooms.leave(session, room)
+        if r is None:
+            return False
+        user = session.user
+        if self.presence_events and r.members and user not in r.users:
+            self._deliver(r, encode_message("room", "user_left", room, {"user": user}))
+        for listener in self.listeners:
+            listener.left(session, room)
+        return True
+
+    def is_member(self, session, room: str) -> bool:
+        return self.rooms.is_member(session, room)
+
+    def presence(self, room: str, limit: int = PRESENCE_USERS_CAP) -> Presence:
+        return Presence(*self.rooms.presence(room, limit))
+
+    # -- delivery ------------------------------------------------------------------------
+    def publish(self, room: str, svc: str, type_: str, data: Any = _UNSET) -> int:
+        """Reliable: `{"v":1,"svc","type","room","data"?}` to every member of `room`,
+        encoded once. Returns how many sessions it went to (0 for a room with no member)."""
+        r = self.rooms.get(room)
+        if r is None:
+            return 0
+        return self._deliver(r, encode_message(svc, type_, room, data))
+
+    def publish_hot(self, room: str, frame: bytes) -> int:
+        """Lossy: one binary frame carrying `frame` (a whole Hot Lane message, header
+        included) to every member of `room`, through the same corked fan-out as the relay;
+        members over their high-water mark are skipped and counted. Returns how many got it."""
+        r = self.rooms.get(room)
+        if r is None:
+            return 0
+        members = r.members
+        drops = broadcast(members, build_frame(OP_BINARY, frame), True)
+        if drops:
+            self.lane.bump(Counter.C_EGRESS_DROPS, drops)
+        return len(members) - drops
+
+    def send_to_user(self, user: str, svc: str, type_: str, data: Any = _UNSET) -> int:
+        """Reliable, to every open session of `user`; returns how many."""
+        sessions = [s for s in self.sessions.sessions_of(user) if s.state == OPEN]
+        if sessions:
+            frame = build_frame(OP_TEXT, encode_message(svc, type_, None, data))
+            broadcast(sessions, frame, False)
+        return len(sessions)
+
+    def disconnect_user(self, user: str, code: int, reason: str = "") -> int:
+        victims = [s for s in self.sessions.sessions_of(user) if s.state == OPEN]
+        for session in victims:
+            session.close(code, reason)
+        return len(victims)
+
+    def disconnect_sid(self, sid: str, code: int, reason: str = "") -> int:
+        victims = [s for s in self.sessions.with_sid(sid) if s.state == OPEN]
+        for session in victims:
+            session.close(code, reason)
+        return len(victims)
+
+    def _deliver(self, room, data: bytes) -> int:
+        broadcast(room.members, build_frame(OP_TEXT, data), False)
+        return len(room.members)

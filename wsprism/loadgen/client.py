@@ -68,6 +68,7 @@ class WorkerSpec:
     connect_timeout: float = 5.0
     drain: float = 2.0
     index: int = 0
+    svc_id: int = 1  # hot: the svc_id sent, and the first byte of the frames counted back
 
 
 class ServerError(Exception):
@@ -81,7 +82,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, WSHandshakeError):
         resp = getattr(exc, "response", None)
         if resp is not None:
-            body = (resp.body or b"").decode("utf-8", "replace").strip().splitlines()
+            # picows leaves the refusal's body in raw_body (what came after the headers)
+            raw = resp.body or getattr(exc, "raw_body", None) or b""
+            body = raw.decode("utf-8", "replace").strip().splitlines()
             tail = f" ({body[0][:80]})" if body else ""
             return f"HTTP {int(resp.status)}{tail}"
         return f"handshake failed: {exc}"
@@ -162,6 +165,9 @@ class Worker:
                 websocket_handshake_timeout=spec.connect_timeout,
                 enable_auto_ping=False,
             )
+            if conn is None:    # picows drops the listener of a connection closed at once
+                transport.disconnect(False)
+                raise ConnectionError("connection closed right after the upgrade")
             try:
                 await conn.expect(b'"authed"', spec.connect_timeout)
             except BaseException:
@@ -455,7 +461,7 @@ class RoomConn(BenchConn):
         if w.m0 <= now < w.m1:
             w.sent_win += 1
         if w.spec.scenario == "hot":
-            self.transport.send(BINARY, HOT.pack(1, w.spec.opcode, 0, now, self.gid) + self.hot_pad)
+            self.transport.send(BINARY, HOT.pack(w.spec.svc_id, w.spec.opcode, 0, now, self.gid) + self.hot_pad)
         else:
             self.transport.send(TEXT, CHAT % (w.spec.room, now, self.gid, self.pad))
 
@@ -490,8 +496,8 @@ class ChatConn(RoomConn):
 class HotConn(RoomConn):
     def on_ws_frame(self, transport, frame) -> None:
         p = frame.get_payload_as_bytes()
-        # Hot frames start with svc_id 1; text starts with "{", close codes are >= 1000.
-        if len(p) < 15 or p[0] != 1:
+        # Hot frames start with the svc_id sent; text starts with "{", close codes are >= 1000.
+        if len(p) < 15 or p[0] != self.w.spec.svc_id:
             self.control(transport, frame)
             return
         self.delivered(time.monotonic_ns(), HOT.unpack_from(p)[3])

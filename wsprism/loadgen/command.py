@@ -8,7 +8,7 @@ import sys
 
 from .report import render_text, summarize
 from .runner import Case, run_once
-from .targets import BASELINES, ExternalTarget, SpawnedTarget, Target, TargetError
+from .targets import BASELINES, DEFAULT_BASELINES, ExternalTarget, SpawnedTarget, Target, TargetError, bench_identity
 
 SCENARIOS = ("connect", "ping", "chat", "hot", "idle")
 DEFAULT_CONNS = {"connect": 50, "ping": 100, "chat": 100, "hot": 100, "idle": 1000}
@@ -80,12 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--spawn", metavar="CONFIG",
                        help="start the gateway (python -m wsprism start) with this config on a free port")
     where.add_argument("--baseline", action="store_true",
-                       help="also run the bare baseline servers of benches/baselines/ (picows and websockets)")
+                       help="also run the bare baseline servers shipped with wsprism (picows and websockets)")
     where.add_argument("--baselines", type=_baselines, metavar="KINDS",
-                       help="like --baseline, with a choice: picows, websockets or both (comma list)")
-    where.add_argument("--tenant", default="bench", help="tenant query value (default bench)")
-    where.add_argument("--ticket", default="dev:u{i}",
-                       help="ticket per connection, {i} = connection number (default dev:u{i})")
+                       help="like --baseline, with a choice: picows, websockets, bun (comma list; bun is "
+                            "installed from npm into a cache folder on first use)")
+    where.add_argument("--tenant", help="tenant query value (default: with --spawn, the config's first tenant "
+                                        "with dev auth, else its first tenant; otherwise bench)")
+    where.add_argument("--ticket", help="ticket per connection, {i} = connection number (default dev:u{i}, "
+                                        "for a tenant with dev auth)")
     load = ap.add_argument_group("load")
     load.add_argument("--conns", type=int, help="connections in all (connect: concurrent slots); "
                       "default " + ", ".join(f"{k} {v}" for k, v in DEFAULT_CONNS.items()))
@@ -98,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="closed-loop ping: pings in flight per connection (comma list; default 1)")
     load.add_argument("--senders", type=int, default=1, help="chat/hot senders (default 1)")
     load.add_argument("--size", type=int, default=32, help="chat msg text / hot payload bytes (default 32)")
-    load.add_argument("--opcode", type=int, default=1, help="hot: opcode byte after svc_id 1 (default 1)")
+    load.add_argument("--opcode", type=int, default=1, help="hot: opcode byte after the svc_id (default 1)")
+    load.add_argument("--svc-id", type=int, default=1,
+                      help="hot: svc_id of the frames sent and counted back (default 1, the relay; "
+                           "another for a Python service that publishes them back with publish_hot)")
     load.add_argument("--room", default="bench", help="chat/hot: room to join (default bench)")
     timing = ap.add_argument_group("timing")
     timing.add_argument("--duration", type=float, default=5.0, help="measured window, s (default 5)")
@@ -116,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check(ap: argparse.ArgumentParser, args) -> None:
     if args.baseline and not args.baselines:
-        args.baselines = list(BASELINES)
+        args.baselines = list(DEFAULT_BASELINES)
     if not (args.url or args.spawn or args.baselines):
         ap.error("nothing to drive: give --url, --spawn CONFIG or --baseline")
     if args.url and args.spawn:
@@ -132,6 +137,8 @@ def _check(ap: argparse.ArgumentParser, args) -> None:
         ap.error("--conns must be at least 1")
     if not 0 <= args.opcode <= 255:
         ap.error("--opcode must be 0..255")
+    if not 1 <= args.svc_id <= 255:
+        ap.error("--svc-id must be 1..255")
     if not args.room or '"' in args.room or "\\" in args.room:
         ap.error("--room must be a plain room name")
     if args.size < 12 or args.size > 60000:
@@ -160,7 +167,7 @@ def build_cases(args) -> list[Case]:
                     scenario=scen, conns=conns, procs=args.procs, rate=rate, inflight=inflight,
                     senders=min(args.senders, conns), size=args.size, duration=args.duration,
                     warmup=args.warmup, drain=args.drain, connect_timeout=args.connect_timeout,
-                    opcode=args.opcode, room=args.room,
+                    opcode=args.opcode, room=args.room, svc_id=args.svc_id,
                 ))
     return cases
 
@@ -218,6 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
 
+    if args.spawn:
+        try:
+            args.tenant, args.ticket = bench_identity(args.spawn, args.tenant, args.ticket)
+        except TargetError as exc:
+            print(f"wsprism bench: error: {exc}", file=sys.stderr)
+            return 2
+    args.tenant = args.tenant or "bench"
+    args.ticket = args.ticket or "dev:u{i}"
     cases = build_cases(args)
     targets = build_targets(args)
     results: list[dict] = []

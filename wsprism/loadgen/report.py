@@ -6,11 +6,12 @@ docs/benchmarks.md from a results file (benches/run_all.py).
 """
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
-BASELINE_NAMES = ("picows", "websockets")
+BASELINE_NAMES = ("picows", "websockets", "bun")
 
 
 def _get(path: str) -> Callable[[dict], float | None]:
@@ -315,7 +316,19 @@ def machine_info() -> dict:
         "aiofastnet": version("aiofastnet"),
         "websockets": version("websockets"),
         "psutil": version("psutil"),
+        "bun": _bun_version(),
     }
+
+
+def _bun_version() -> str | None:
+    """The cached Bun's version (the `bun` baseline), if it is installed; never installs."""
+    from . import bun
+
+    try:
+        exe = os.environ.get("WSPRISM_BUN") or bun.installed(bun.cache_dir() / "bun")
+        return bun.version(str(exe)) if exe else None
+    except OSError:
+        return None
 
 
 def _git_commit() -> str | None:

@@ -46,6 +46,7 @@ class Case:
     room: str = "bench"
     opcode: int = 1
     connect_timeout: float = 5.0
+    svc_id: int = 1
 
     def key(self) -> str:
         s = self.scenario
@@ -57,7 +58,8 @@ class Case:
         if s == "ping":
             load = f"rate={self.rate:g}/s per conn" if self.rate > 0 else f"inflight={self.inflight}"
             return f"ping conns={self.conns} {load}"
-        return f"{s} room={self.conns} senders={self.senders} rate={self.rate:g}/s size={self.size}"
+        svc = f" svc_id={self.svc_id}" if s == "hot" and self.svc_id != 1 else ""
+        return f"{s} room={self.conns} senders={self.senders} rate={self.rate:g}/s size={self.size}{svc}"
 
     def params(self) -> dict:
         return asdict(self)
@@ -193,7 +195,7 @@ class _Run:
                 scenario=case.scenario, urls=self.urls, first_id=first, count=count, total=case.conns,
                 senders=[g for g in senders if first <= g < first + count] if case.scenario in ("chat", "hot") else [],
                 rate=case.rate, inflight=case.inflight, size=case.size, room=case.room, opcode=case.opcode,
-                connect_timeout=case.connect_timeout, drain=case.drain, index=idx,
+                svc_id=case.svc_id, connect_timeout=case.connect_timeout, drain=case.drain, index=idx,
             )
             parent, child = ctx.Pipe()
             p = ctx.Process(target=worker_main, args=(spec, child, setup_timeout), daemon=True)
@@ -250,7 +252,7 @@ class _Run:
             for _, pipe in workers:
                 _send(pipe, ("stop", None))
             self._collect(workers, "result", 10.0)
-            out["error"] = f"no connection: {self.first_error or 'unknown failure'}"
+            out["error"] = f"no connection to {_shown(self.urls)}: {self.first_error or 'unknown failure'}"
             if not target.alive():
                 out["error"] += f"; {target.death_note()}"
             out["errors"] = self.errors
@@ -368,6 +370,13 @@ class _Run:
         if "error" not in out and scen != "idle" and delivered + arrived == 0:
             out["error"] = f"nothing delivered: {self.first_error or 'no reply from the server'}"
         return out
+
+
+def _shown(urls: str) -> str:
+    """The target URL for a message: without the ticket (it may be a credential)."""
+    base, _, query = urls.partition("?")
+    kept = [p for p in query.split("&") if p and not p.startswith("ticket=")]
+    return base + ("?" + "&".join(kept) if kept else "")
 
 
 def _send(pipe, msg) -> None:

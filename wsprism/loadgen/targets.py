@@ -2,9 +2,12 @@
 
 A spawned server gets a free port on 127.0.0.1, its output goes to a temporary log
 file (so a full pipe can never block it), and it is stopped with SIGTERM, then SIGKILL.
+The baseline servers ship inside the package (`wsprism/loadgen/baselines/`), so the
+bench runs the same from an installed wheel as from the source tree.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import signal
@@ -20,9 +23,12 @@ import psutil
 
 import wsprism
 
-REPO_ROOT = Path(wsprism.__file__).resolve().parent.parent
-BASELINE_DIR = REPO_ROOT / "benches" / "baselines"
-BASELINES = {"picows": "picows_server.py", "websockets": "websockets_server.py"}
+from . import bun
+
+REPO_ROOT = Path(wsprism.__file__).resolve().parent.parent   # site-packages when installed
+BASELINE_DIR = Path(__file__).resolve().parent / "baselines"
+BASELINES = {"picows": "picows_server.py", "websockets": "websockets_server.py", "bun": "bun_server.js"}
+DEFAULT_BASELINES = ("picows", "websockets")    # --baseline; bun is asked for by name
 START_TIMEOUT = 30.0
 
 
@@ -52,6 +58,46 @@ def url_template(base: str, tenant: str, ticket: str) -> str:
     q = urlencode(pairs, safe=":")
     q += ("&" if q else "") + "ticket=" + ticket
     return urlunsplit((parts.scheme or "ws", parts.netloc, path, q, ""))
+
+
+def read_config(path: str) -> dict:
+    """The gateway config as a mapping (only read here: the gateway validates it)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise TargetError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise TargetError(f"config {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise TargetError(f"config {path} is not a mapping")
+    return data
+
+
+def bench_identity(config: str, tenant: str | None, ticket: str | None) -> tuple[str, str]:
+    """(tenant, ticket template) for a gateway spawned from `config`.
+
+    Without `--tenant`: the first tenant with dev auth (any ticket `dev:<name>` is a
+    user, so `dev:u{i}` gives one user per connection), else the first tenant, which
+    then needs `--ticket`. A named tenant must exist in the config.
+    """
+    tenants = read_config(config).get("tenants") or []
+    tenants = [t for t in tenants if isinstance(t, dict) and isinstance(t.get("id"), str)]
+    modes = {t["id"]: ((t.get("auth") or {}).get("mode") or "dev") for t in tenants}
+    if not modes:
+        raise TargetError(f"config {config} has no tenants to connect to")
+    if tenant is None:
+        tenant = next((tid for tid, mode in modes.items() if mode == "dev"), next(iter(modes)))
+    elif tenant not in modes:
+        raise TargetError(f"tenant {tenant!r} is not in {config} (it has {', '.join(modes)})")
+    if ticket is None:
+        if modes[tenant] != "dev":
+            raise TargetError(f"tenant {tenant!r} of {config} uses {modes[tenant]} auth: give --ticket "
+                              "(a ticket it accepts; {i} = connection number), or use a tenant with dev auth")
+        ticket = "dev:u{i}"
+    return tenant, ticket
 
 
 def _raise_fd_limit() -> None:
@@ -167,24 +213,28 @@ class SpawnedTarget(Target):
         script = BASELINE_DIR / BASELINES[self.kind]
         if not script.exists():
             raise TargetError(f"baseline server not found: {script}")
+        if self.kind == "bun":
+            try:
+                exe = bun.find_or_install()
+            except bun.BunUnavailable as exc:
+                raise TargetError(f"bun baseline skipped: {exc}") from None
+            return [exe, str(script), "--port", str(self.port)]
+        if self.kind == "websockets" and importlib.util.find_spec("websockets") is None:
+            raise TargetError("websockets baseline skipped: the websockets library is not installed "
+                              "(pip install 'wsprism[bench]')")
         return [sys.executable, str(script), "--port", str(self.port)]
 
     def _write_config(self) -> str:
-        """A temporary copy of the gateway config listening on our free port."""
+        """A temporary copy of the gateway config listening on our free port (and the
+        server API, if the config has one, on another)."""
         import yaml
 
-        try:
-            with open(self.config, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except OSError as exc:
-            raise TargetError(f"cannot read config {self.config}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise TargetError(f"config {self.config} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise TargetError(f"config {self.config} is not a mapping")
+        data = read_config(self.config)
         gateway = data.setdefault("gateway", {}) or {}
         data["gateway"] = gateway
         gateway["listen"] = f"127.0.0.1:{self.port}"
+        if isinstance(gateway.get("api"), dict) and "listen" in gateway["api"]:
+            gateway["api"]["listen"] = f"127.0.0.1:{free_port()}"
         fd, path = tempfile.mkstemp(prefix="wsprism-bench-", suffix=".yaml")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yaml.safe_dump(data, f, sort_keys=False)

@@ -26,8 +26,8 @@ from itertools import islice
 import psutil
 
 from .. import __version__
-from .._fast import CLOSING, OPEN, PENDING, USING_EXTENSIONS
-from .metrics import EGRESS_DROPS, HANDSHAKE_REASONS, POLICY_KEYS
+from .._fast import CLOSING, OPEN, PENDING, USING_EXTENSIONS, Counter
+from ..core.stats import HANDSHAKE_REASONS, POLICY_LABELS
 
 TOP_ROOMS = 20
 TOP_ROOMS_MAX = 100
@@ -38,25 +38,26 @@ SAMPLE_EVERY = 1.0         # seconds between two copies of the counters
 RATE_WINDOW = 10.0         # messages/s are averaged over this long
 RECENT_WINDOW = 300.0      # "recent" rejections: over this long
 
-_EXT = [i for i, key in enumerate(POLICY_KEYS) if key[0] == "ext"]
-_HOT = [i for i, key in enumerate(POLICY_KEYS) if key[0] == "hot"]
-_REFUSED = [(i, key) for i, key in enumerate(POLICY_KEYS) if key[1] != "allow"]
+_POLICY = list(POLICY_LABELS.items())       # (counter, (lane, decision, reason)), in counter order
+_EXT = [i for i, (_, key) in enumerate(_POLICY) if key[0] == "ext"]
+_HOT = [i for i, (_, key) in enumerate(_POLICY) if key[0] == "hot"]
+_REFUSED = [(i, key) for i, (_, key) in enumerate(_POLICY) if key[1] != "allow"]
 _STATE_NAMES = {PENDING: "pending", OPEN: "open", CLOSING: "closing"}
 _STARTED = psutil.Process().create_time()
 
 
 def counters(tenant) -> tuple:
     """What the page shows as rates or recent counts, copied from the tenant's counters:
-    (policy counters in POLICY_KEYS order, handshake rejections in HANDSHAKE_REASONS order,
-    writer timeouts, egress drops, service errors)."""
+    (policy counters in POLICY_LABELS order, handshake rejections in HANDSHAKE_REASONS order,
+    slow-consumer closes (every 4005, whichever rule), egress drops, service errors)."""
     stats = tenant.stats
     lane = stats.lane.snapshot()
     rej = stats.handshake_rejections
     return (
-        tuple(lane[:len(POLICY_KEYS)]),
+        tuple(lane[c] for c, _ in _POLICY),
         tuple(rej[r] for r in HANDSHAKE_REASONS),
         stats.slow_consumer_closes,
-        lane[EGRESS_DROPS],
+        lane[Counter.C_EGRESS_DROPS],
         stats.service_errors_ext + stats.service_errors_hot,
     )
 
@@ -169,7 +170,7 @@ def tenant_state(gateway, tenant, sampler: Sampler | None, q: str = "", offset: 
         total = len(matches)
         page = matches[offset:offset + limit]
     else:
-        total = len(reg.by_key)
+        total = reg.admitted
         page = list(islice((s for lst in reg.by_user.values() for s in lst), offset, offset + limit))
 
     g = gateway.config.gateway

@@ -28,11 +28,9 @@ from typing import Annotated
 import msgspec
 from aiohttp import web
 
+from .. import names
 from ..config import ConfigError, split_listen
 from ..core import codes
-from ..core.envelope import encode_message
-from ..core.rooms import ROOM_NAME
-from ..core.session import OPEN
 from . import admin
 
 log = logging.getLogger("wsprism.api")
@@ -44,9 +42,9 @@ UNKNOWN_TENANT = "_unknown"
 ROUTES = {"/v1/publish": "publish", "/v1/send": "send", "/v1/disconnect": "disconnect",
           "/v1/presence": "presence", "/v1/stats": "stats", "/v1/admin/state": "admin_state"}
 
-TenantId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-RoomName = Annotated[str, msgspec.Meta(pattern=f"^{ROOM_NAME.pattern}$")]
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+TenantId = names.TenantIdStr
+RoomName = names.RoomStr
+Name = names.NameStr
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 _UNSET = msgspec.UNSET
 
@@ -288,22 +286,11 @@ class ApiServer:
     # -- routes ------------------------------------------------------------------------------
     async def publish(self, request: web.Request) -> web.Response:
         req, tenant = await self._body(request, PublishReq)
-        rooms = tenant.rooms
-        room = rooms.get(req.room)
-        delivered = 0
-        if room is not None:
-            delivered = rooms.broadcast(room, encode_message(req.svc, req.type, req.room, req.data))
-        return _json({"delivered": delivered})
+        return _json({"delivered": tenant.publish(req.room, req.svc, req.type, req.data)})
 
     async def send(self, request: web.Request) -> web.Response:
         req, tenant = await self._body(request, SendReq)
-        data = encode_message(req.svc, req.type, None, req.data)
-        delivered = 0
-        for session in tenant.sessions.sessions_of(req.user):
-            if session.state == OPEN:
-                session.send(data)
-                delivered += 1
-        return _json({"delivered": delivered})
+        return _json({"delivered": tenant.send_to_user(req.user, req.svc, req.type, req.data)})
 
     async def disconnect(self, request: web.Request) -> web.Response:
         req, tenant = await self._body(request, DisconnectReq)
@@ -312,14 +299,11 @@ class ApiServer:
         reason = req.reason.encode()
         if len(reason) > 120:
             raise ApiError(400, "reason longer than 120 bytes (UTF-8)", "reason")
-        victims = [s for s in tenant.sessions.sessions_of(req.user) if s.state == OPEN]
-        for session in victims:
-            session.close(req.code, req.reason)
-        return _json({"delivered": len(victims)})
+        return _json({"delivered": tenant.disconnect_user(req.user, req.code, req.reason)})
 
     async def presence(self, request: web.Request) -> web.Response:
         req, tenant = self._query(request, PresenceQuery)
-        count, users = tenant.rooms.presence(req.room, req.limit)
+        count, users = tenant.presence(req.room, req.limit)
         return _json({"count": count, "users": users})
 
     async def stats(self, request: web.Request) -> web.Response:

@@ -41,8 +41,7 @@ def tick(session, idle_ticks: int) -> None:
     else:
         session.idle_ticks += 1
         if session.idle_ticks >= idle_ticks:
-            session.send_error(codes.TIMEOUT, "idle timeout")
-            session.close(codes.CLOSE_IDLE, "idle timeout")
+            session.refuse(codes.TIMEOUT, "idle timeout", codes.CLOSE_IDLE)
             return
     try:
         session.transport.send_ping()

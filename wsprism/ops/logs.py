@@ -27,6 +27,8 @@ import time
 
 import msgspec
 
+from ..core.session import about  # noqa: F401  (log context of a session: lives with the session)
+
 CONTEXT_FIELDS = ("tenant", "user", "sid", "trace_id", "room", "svc", "code")
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
@@ -62,21 +64,6 @@ def _escape_control(m: re.Match) -> str:
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
 
 
-def about(session=None, **fields) -> dict:
-    """`extra=` for a line about one session (and maybe a room, service or code).
-    Fields that are None are left out; the rest become strings."""
-    out = {}
-    if session is not None:
-        out["tenant"] = session.tenant.id
-        out["trace_id"] = session.trace_id
-        if session.user is not None:           # None while webhook auth has not answered
-            out["user"] = session.user
-        if session.sid is not None:
-            out["sid"] = session.sid
-    for name, value in fields.items():
-        if value is not None and value is not msgspec.UNSET:
-            out[name] = str(value)
-    return out
 
 
 class _Base(logging.Formatter):

@@ -1,32 +1,20 @@
-"""What a service handler is and how it reports an error to the client."""
+"""Helpers for the built-in services' handlers (the handler signature and `ServiceError`
+belong to the dispatcher, wsprism/core/dispatcher.py)."""
 import msgspec
 
+from .. import names
 from ..core import codes
-from ..core.rooms import ROOM_NAME
+from ..core.dispatcher import DEFERRED, ServiceError
 
-
-class ServiceError(Exception):
-    """Turns into a `sys.error` with this code for the sender; the session stays open."""
-
-    def __init__(self, code: str, msg: str) -> None:
-        super().__init__(msg)
-        self.code = code if code in codes.ERROR_CODES else codes.INTERNAL
-        self.msg = msg
-
-
-# A handler is `handler(session, envelope) -> None | DEFERRED`; it raises ServiceError.
-
-# Returned by a handler whose answer comes later (an awaited backend call): the
-# dispatcher then sends no ack, and the handler's continuation sends it after the answer.
-DEFERRED = object()
+__all__ = ["DEFERRED", "ServiceError", "decode_data", "require_room"]
 
 
 def require_room(env) -> str:
     room = env.room
     if room is msgspec.UNSET:
         raise ServiceError(codes.BAD_REQUEST, "room is required")
-    if not ROOM_NAME.fullmatch(room):
-        raise ServiceError(codes.BAD_REQUEST, "room must be 1-128 chars of [A-Za-z0-9_.:@-]")
+    if not names.ROOM.fullmatch(room):
+        raise ServiceError(codes.BAD_REQUEST, f"room must be {names.ROOM_RULE}")
     return room
 
 

@@ -9,14 +9,14 @@ from .base import ServiceError, require_room
 
 def join(session, env) -> None:
     room = require_room(env)
-    rooms = session.tenant.rooms
+    tenant = session.tenant
     try:
-        first_of_user = rooms.join(session, room)
+        first_of_user = tenant.join(session, room)
     except RoomError as exc:
         raise ServiceError(exc.code, exc.msg) from None
     session.send(encode_sys("joined", room))
     if first_of_user:
-        rooms.announce_join(room, session.user)
+        tenant.announce_joined(room, session.user)
 
 
 def leave(session, env) -> None:
@@ -26,18 +26,17 @@ def leave(session, env) -> None:
             raise ServiceError(codes.BAD_REQUEST, "not in any room")
     else:
         room = require_room(env)
-    if not session.tenant.rooms.leave(session, room):
+    if not session.tenant.leave(session, room):
         raise ServiceError(codes.BAD_REQUEST, "not a member of that room")
     session.send(encode_sys("left", room))
 
 
 def presence(session, env) -> None:
     room = require_room(env)
-    rooms = session.tenant.rooms
-    r = rooms.get(room)
-    if r is None or session not in r.members:
+    tenant = session.tenant
+    if not tenant.is_member(session, room):
         raise ServiceError(codes.NOT_ALLOWED, "not a member of that room")
-    count, users = rooms.presence(room)
+    count, users = tenant.presence(room)
     session.send(encode_sys("presence", room, {"count": count, "users": users}))
 
 

@@ -21,7 +21,6 @@ HANDSHAKE_TIMEOUT = 5.0        # seconds for a client to send its whole upgrade 
 READ_BUFFER_INIT = 4096        # picows' per-connection read buffer (grows for big frames)
 
 
-
 class _ClientFaults(logging.Filter):
     """picows logs a client's malformed frames ("WS parser error") at ERROR. They are the
     client's fault, not the gateway's: they go to DEBUG, so no client can flood the log
@@ -54,9 +53,13 @@ def transport_frame_limit(config) -> int:
 async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: bool = False):
     loop = asyncio.get_running_loop()
     router = gateway.router
+    frame_limit = [None, 0]         # (config, its transport_frame_limit): computed once per reload
 
     def protocol_factory():
         proto = None
+        config = gateway.config
+        if config is not frame_limit[0]:
+            frame_limit[0], frame_limit[1] = config, transport_frame_limit(config)
 
         def listener_factory(request):
             return router(request, proto)
@@ -67,7 +70,7 @@ async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: b
             HANDSHAKE_TIMEOUT,
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,   # our own liveness
             False,                      # auto pong: the session answers pings
-            transport_frame_limit(gateway.config),   # follows reloads
+            frame_limit[1],             # follows reloads
             None,
             READ_BUFFER_INIT,
             answer_method=router.other_method,

@@ -5,7 +5,7 @@ Behaviour matches picows_server.py: fixed `authed` after the upgrade, fixed `pon
 connection with `websockets.broadcast` (which never waits for slow readers). Compression
 is off, as in the gateway and the picows baseline.
 
-    python benches/baselines/websockets_server.py --port 9002
+    python wsprism/loadgen/baselines/websockets_server.py --port 9002
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ It does what the gateway's transport must do and nothing of the gateway's own wo
   gateway's lossy lane does; text frames are always queued;
 - a close frame is answered and the socket closed.
 
-    python benches/baselines/picows_server.py --port 9001
+    python wsprism/loadgen/baselines/picows_server.py --port 9001
 """
 from __future__ import annotations
 

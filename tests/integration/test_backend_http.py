@@ -1,0 +1,164 @@
+"""The gateway's HTTP client for webhooks (wsprism/backend/http.py), against real servers:
+keep-alive reuse, https backends (verified), compressed, chunked and close-delimited
+answers, and answers that are not HTTP. SPEC 10's outcomes (timeouts, order, caps,
+bombs) are in test_backend_webhook.py; these are the transport details under them."""
+import os
+import ssl
+
+import pytest
+
+from tests.client import PING, PONG, connect_authed, error_of, recv_json, request, run, send_json
+from tests.integration.backend_app import BackendServer, RawServer
+from tests.integration.test_backend_tls import make_cert
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{"reply":"ok"}'
+
+RAW = {
+    # body until the connection closes (no Content-Length, not chunked)
+    "eof": [b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{"reply":"eof"}'],
+    "chunked": [b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n{"repl\r\n'
+                b'9\r\ny":"chnk"\r\n1\r\n}\r\n0\r\n\r\n'],
+    "not_http": [b"SSH-2.0-OpenSSH_9.6\r\n"],
+    "bad_length": [b"HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n{}"],
+    "stale": [OK, None, OK],        # answers once, then closes the kept-alive connection at the next
+}
+
+YAML = """
+version: 1
+gateway:
+  listen: "127.0.0.1:0"
+tenants:
+  - id: acme
+    policy:
+      ext_allowlist: ["sys:*", "ka:*", "tls:*", "untrusted:*", "eof:*", "chunked:*", "not_http:*",
+                      "bad_length:*", "stale:*"]
+      rate_limit_rps: 10000
+      rate_limit_burst: 10000
+    services:
+      ka: {{webhook: "{ka}", timeout_ms: 2000, max_inflight_per_session: 32}}
+      tls: {{webhook: "{tls}", timeout_ms: 2000}}
+      untrusted: {{webhook: "{untrusted}", timeout_ms: 2000}}
+{raw}
+"""
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    trusted = make_cert(tmp_path_factory.mktemp("ca"))
+    other = make_cert(tmp_path_factory.mktemp("other"))
+
+    def tls_server(cert):
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(*cert)
+        return BackendServer(ssl=ctx)
+
+    out = {"ka": BackendServer(), "tls": tls_server(trusted), "untrusted": tls_server(other)}
+    out.update({name: RawServer(answers) for name, answers in RAW.items()})
+    out["_ca"] = trusted[0]
+    yield out
+    for name, s in out.items():
+        if name != "_ca":
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def g(gateway_factory, servers):
+    raw = "\n".join(f'      {name}: {{webhook: "{servers[name].url()}", timeout_ms: 1000}}' for name in RAW)
+    old = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = servers["_ca"]     # the system CA store, as far as the gateway knows
+    try:
+        yield gateway_factory(YAML.format(ka=servers["ka"].url("/svc"), tls=servers["tls"].url("/svc"),
+                                          untrusted=servers["untrusted"].url("/svc"), raw=raw))
+    finally:
+        if old is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = old
+
+
+def msg(svc, seq, do=None):
+    m = {"v": 1, "svc": svc, "type": "t", "seq": seq}
+    if do is not None:
+        m["data"] = {"do": do}
+    return m
+
+
+def outcomes(g, svc) -> dict:
+    return g.call(lambda: dict(g.tenant().forwarders[svc].outcomes))
+
+
+def test_keep_alive_one_connection_for_a_sequence(g, servers):
+    backend = servers["ka"]
+    first = len(backend.peers)
+
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        for seq in range(1, 21):
+            await send_json(ws, msg("ka", seq, {"answer": {"reply": seq}}))
+        got = [await recv_json(ws) for _ in range(20)]
+        assert [m["data"] for m in got] == list(range(1, 21))
+        await ws.close()
+    run(main())
+    assert len(set(backend.peers[first:])) == 1      # one session's messages go one at a time
+
+
+@pytest.mark.parametrize("encoding", ["gz", "deflate"])
+def test_compressed_answers_are_decoded(g, encoding):
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        reply = await request(ws, msg("ka", 3, {encoding: {"reply": {"enc": encoding}}}))
+        assert reply == {"v": 1, "svc": "ka", "type": "reply", "seq": 3, "data": {"enc": encoding}}
+        await ws.close()
+    run(main())
+
+
+def test_https_backend_is_verified_against_the_ca_store(g):
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        reply = await request(ws, msg("tls", 1, {"answer": {"reply": "over tls"}}))
+        assert reply["data"] == "over tls"
+        bad = await request(ws, msg("untrusted", 2, {"answer": {"reply": "x"}}))
+        assert error_of(bad) == "INTERNAL" and bad["seq"] == 2
+        assert await request(ws, PING) == PONG
+        await ws.close()
+    run(main())
+    assert outcomes(g, "tls")["ok"] == 1
+    assert outcomes(g, "untrusted")["unreachable"] == 1
+
+
+@pytest.mark.parametrize("svc, data", [("eof", "eof"), ("chunked", "chnk")])
+def test_close_delimited_and_chunked_answers(g, svc, data):
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        reply = await request(ws, msg(svc, 5))
+        assert reply == {"v": 1, "svc": svc, "type": "reply", "seq": 5, "data": data}
+        await ws.close()
+    run(main())
+
+
+@pytest.mark.parametrize("svc", ["not_http", "bad_length"])
+def test_an_answer_that_is_not_http_is_internal(g, svc):
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        bad = await request(ws, msg(svc, 6))
+        assert error_of(bad) == "INTERNAL" and bad["seq"] == 6
+        assert await request(ws, PING) == PONG
+        await ws.close()
+    run(main())
+    assert outcomes(g, svc)["unreachable"] == 1
+
+
+def test_a_kept_alive_connection_closed_by_the_backend_is_not_retried(g, servers):
+    """The backend may have acted on a request it closed on: it is INTERNAL, never sent twice;
+    the next message opens a new connection."""
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        assert (await request(ws, msg("stale", 1)))["data"] == "ok"
+        second = await request(ws, msg("stale", 2))
+        assert error_of(second) == "INTERNAL" and second["seq"] == 2
+        assert (await request(ws, msg("stale", 3)))["data"] == "ok"
+        await ws.close()
+    run(main())
+    assert servers["stale"].connections == 2
+    assert servers["stale"].answers == []
+    assert outcomes(g, "stale")["unreachable"] == 1

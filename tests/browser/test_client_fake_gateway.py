@@ -170,7 +170,15 @@ def test_a_refused_handshake_asks_why_and_stops_only_when_retrying_cannot_help(p
         (window.clients ||= []).push(c);
         return c.connect().then(() => null, (e) => plain(e));
     }))""" % WS_URL, len(REFUSALS))
-    page.wait_for_timeout(400)
+    # the clients that keep trying must have asked twice (their backoff is 100 ms); under a
+    # loaded host that can take longer than a few periods, so wait for it (bounded), then
+    # a little more for any client that should stay stopped to show it
+    retrying = [i for i, (answer, final) in enumerate(REFUSALS) if not final and not (answer or {}).get("retry_after")]
+    for _ in range(100):
+        if all(sum(f"tenant=r{i}&" in u for u in checks) >= 2 for i in retrying):
+            break
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(300)
     for i, (answer, final) in enumerate(REFUSALS):
         mine = [u for u in checks if f"tenant=r{i}&" in u]
         reason = answer["reason"] if answer else "unreachable"
@@ -306,7 +314,9 @@ def test_send_while_reconnecting_is_rejected_and_never_sent_later(page):
             if len(fake.conns) == 1 and msg["room"] == "b":
                 conn.close(1011)
     fake = FakeGateway(page, on_message=on_message)
-    make(page, opts="minDelay: 300, maxDelay: 300")
+    # the reconnect waits 1.5 s: long enough for the calls below to run while it is pending,
+    # even on a loaded host
+    make(page, opts="minDelay: 1500, maxDelay: 1500")
     connect(page)
     page.evaluate("c.join('a').then(() => c.join('b'))")
     page.wait_for_function("c.state === 'reconnecting'")

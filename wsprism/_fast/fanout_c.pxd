@@ -27,7 +27,9 @@ cdef class Endpoint(WSListener):
     cdef public bint over
     cdef bint _enqueue(self, bytes frame, bint lossy) except -1
     cdef int _flush(self) except -1
+    cdef int _write(self, WSTransport tr, const char* p, Py_ssize_t n) except -1
     cdef int _measure(self) except -1
+    cdef int _held(self, Py_ssize_t held) except -1
     cdef int _release(self) except -1
     cdef int _drop_queued(self) except -1
     cdef int _overflow(self, int reason) except -1    # Conn closes 4005 (framer_c)

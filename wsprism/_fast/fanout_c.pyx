@@ -3,7 +3,9 @@
 within the memory budget. The logic and its documentation live in fanout_py.py (the twin).
 The corker reaches each endpoint through C methods (_flush, _measure, _overflow), so a
 session (a Python subclass of the compiled listener) costs no override lookup per member
-per turn."""
+per turn. A turn's write (`_write`) is picows' `_fast_write` keeping count: the one look
+at the transport's buffer that picows makes before it sends also tells what the
+transport holds afterwards, so the budget costs no second call per member per turn."""
 import asyncio
 import logging
 import sys
@@ -17,6 +19,9 @@ from libc.string cimport memcpy
 
 from .bytesops cimport ws_header
 from .codes_c cimport OVER_SESSION, OVER_TOTAL, S_OPEN, S_PENDING
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int sockfd, const void* buf, size_t len, int flags)
 
 _log = logging.getLogger("wsprism.fanout")
 UNLIMITED = sys.maxsize
@@ -204,9 +209,8 @@ cdef class Endpoint(WSListener):
         if type(pending) is bytes:
             f = <bytes>pending
             if PyBytes_GET_SIZE(f) <= _SCRATCH_MAX:
-                tr._fast_write(PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
-            else:
-                tr.underlying_transport.write(f)
+                return self._write(tr, PyBytes_AS_STRING(f), PyBytes_GET_SIZE(f))
+            tr.underlying_transport.write(f)
             return self._measure()
         out = <list>pending
         for f in out:
@@ -222,20 +226,39 @@ cdef class Endpoint(WSListener):
             n = PyBytes_GET_SIZE(f)
             memcpy(_scratch + pos, PyBytes_AS_STRING(f), n)
             pos += n
-        tr._fast_write(_scratch, total)
-        return self._measure()
+        return self._write(tr, _scratch, total)
+
+    cdef int _write(self, WSTransport tr, const char* p, Py_ssize_t n) except -1:
+        # picows' _fast_write (send() straight away when the transport holds nothing, the
+        # rest copied to it), and from what it sent, what the transport holds now
+        cdef Py_ssize_t before = (<object>tr._tr_get_write_buffer_size)()
+        cdef Py_ssize_t sent
+        if not before and not tr.is_secure:
+            sent = send(tr._socket, p, <size_t>n, 0)
+            if sent == n:
+                return self._held(0)
+            if sent >= 0:
+                (<object>tr._tr_write)(PyBytes_FromStringAndSize(p + sent, n - sent))
+                return self._held(n - sent)
+        (<object>tr._tr_write)(PyBytes_FromStringAndSize(p, n))
+        if tr.is_secure:                  # TLS encrypts and sends some of it at once
+            return self._measure()
+        return self._held(before + n)
 
     def measure(self) -> None:
         self._measure()
 
     cdef int _measure(self) except -1:
         cdef WSTransport tr = self.transport
-        cdef Py_ssize_t held, acct = self.acct
-        cdef Corker corker
         if tr is None or tr.is_disconnected or self.state > S_OPEN:
-            held = 0
-        else:
-            held = (<object>tr._tr_get_write_buffer_size)()
+            return self._held(0)
+        return self._held((<object>tr._tr_get_write_buffer_size)())
+
+    cdef int _held(self, Py_ssize_t held) except -1:
+        cdef Py_ssize_t acct = self.acct
+        cdef Corker corker
+        if self.state > S_OPEN:
+            held = 0                      # a closing endpoint no longer counts
         if held != acct:
             corker = self.corker
             corker.total += held - acct

@@ -2,8 +2,9 @@
 at scrape time), and the one bucket histogram every duration metric uses.
 
 The per-message decisions are C counters in the tenant's `LanePolicy` (bumped by the
-framer, named by `Counter` in wsprism/_fast/codes_c.pxd); the rest are plain ints here,
-so no lock or label lookup is paid per message.
+framer, named by `Counter` in wsprism/_fast/codes_c.pxd), and so are the sessions closed
+4005 as slow consumers, by rule (`C_SLOW_*`: the framer and the corker bump two of them
+from C); the rest are plain ints here, so no lock or label lookup is paid per message.
 """
 from bisect import bisect_left
 

@@ -81,6 +81,7 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
             loop.add_signal_handler(sig, on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
     sweeper = loop.create_task(liveness.run(gateway))
+    history_sweeper = loop.create_task(gateway.sweep_history())
     if ready is not None:
         ready(gateway, server)
     await gateway.stop_requested.wait()
@@ -91,21 +92,18 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
     await gateway.stop_services()
     await gateway.http.close()
     sweeper.cancel()
+    history_sweeper.cancel()
     log.info("stopped")
     return 0
 
 
 def not_yet_supported(config) -> list[str]:
-    """Keys the config schema accepts (SPEC sections 11 and 13) that this release does
-    not act on yet: said once at start, so no operator relies on them unknowingly."""
+    """Keys the config schema accepts (SPEC section 11) that this release does not act
+    on yet: said once at start, so no operator relies on them unknowingly."""
     out = []
     if config.gateway.workers > 1 or config.broker is not None:
         out.append("gateway.workers/broker: scale-out is not in this release; running one "
                    "process with everything in memory")
-    for tenant in config.tenants:
-        if tenant.policy.history is not None:
-            out.append(f'tenant "{tenant.id}": policy.history is not in this release; room '
-                       "messages carry no offset/epoch and joins ignore `since`")
     return out
 
 

@@ -10,10 +10,13 @@ everything it calls, so the core imports nothing from above it:
 - the dispatcher's handler table (svc -> handler): the built-ins (room, chat, sys),
   webhook forwarders and Python services, all registered the same way;
 - the admission rule (policy/sessions.py), the membership listeners (Python services'
-  hooks), the tenant's auth (session_auth.py) and the shared HTTP client.
+  hooks), the tenant's auth (session_auth.py) and the shared HTTP client;
+- with `policy.history`, its history store (core/history.py; in memory).
 
 `apply` re-runs on reload: policy objects change for the next check; live state
-(sessions, rooms, counters, forwarders' queues, Python service instances) stays.
+(sessions, rooms, counters, forwarders' queues, Python service instances) stays. The
+history store stays too, with the new size and ttl_ms; turning history off drops it,
+turning it on starts a new one (new epochs: clients recovering hear `recovered: false`).
 """
 import logging
 
@@ -21,6 +24,7 @@ from ._fast import N_HOT_SERVICES
 from .auth import make_authenticator
 from .core.dispatcher import Dispatcher, HandlerTable
 from .core.envelope import encode_error
+from .core.history import HistoryStore
 from .core.tenant import Tenant
 from .policy.allowlist import ExtAllowlist, HotAllowlist
 from .policy.ext_lane import ExtLane
@@ -61,6 +65,7 @@ def apply(tenant: Tenant, cfg, gateway_cfg) -> None:
     tenant.writer_send_timeout = gateway_cfg.writer_send_timeout_ms / 1000.0
     tenant.rooms.limits = cfg.limits
     tenant.presence_events = policy.presence_events
+    _apply_history(tenant, policy.history)
     if tenant.generation:
         _reconfigure_python_services(tenant, cfg)
     webhooks = {name: svc for name, svc in cfg.services.items() if name not in tenant.services}
@@ -86,6 +91,16 @@ def apply(tenant: Tenant, cfg, gateway_cfg) -> None:
     if tenant.generation:
         _rebucket_sessions(tenant, policy)
     tenant.generation += 1
+
+
+def _apply_history(tenant: Tenant, cfg) -> None:
+    if cfg is None:
+        if tenant.history is not None:
+            tenant.set_history(None)
+    elif tenant.history is None:
+        tenant.set_history(HistoryStore(cfg.size, cfg.ttl_ms))
+    else:
+        tenant.history.configure(cfg.size, cfg.ttl_ms)
 
 
 def handler_table(forwarders: dict, services: dict) -> HandlerTable:

@@ -20,6 +20,7 @@ from .auth import make_authenticator
 from .backend.http import HttpClient
 from .backend.metrics import backend_metrics
 from .core import codes
+from .core.history import SWEEP_BATCH
 from .core.session import Session
 from .core.stats import TenantStats
 from .lifecycle import Lifecycle
@@ -29,6 +30,8 @@ from .policy.defender import Defender
 from .transport.handshake import Router
 
 log = logging.getLogger("wsprism.gateway")
+
+HISTORY_SWEEP_INTERVAL = 1.0    # seconds: a history record expires at most this late
 
 
 class StartupError(Exception):
@@ -111,6 +114,16 @@ class Gateway:
     # -- metrics beyond the per-tenant counters ----------------------------------------
     def extra_metrics(self):
         yield from backend_metrics(self)
+
+    # -- history -----------------------------------------------------------------------
+    async def sweep_history(self, interval: float = HISTORY_SWEEP_INTERVAL) -> None:
+        """Expire the tenants' history records that are due (SPEC 13: kept until ttl_ms
+        after their last activity), at most SWEEP_BATCH records per loop turn."""
+        while True:
+            await asyncio.sleep(interval)
+            for tenant in list(self.tenants.values()):
+                while tenant.history is not None and tenant.history.sweep(SWEEP_BATCH):
+                    await asyncio.sleep(0)
 
     # -- Python services ---------------------------------------------------------------
     async def start_services(self) -> None:

@@ -43,21 +43,6 @@ LAUNCH_ARGS = [
 VIEWPORT = {"width": 1200, "height": 560}
 
 
-def _gateway_has_history() -> bool:
-    """True once the gateway acts on `policy.history` (SPEC 13, issue 12)."""
-    from wsprism.app import not_yet_supported
-    from wsprism.config import parse_config
-
-    cfg = parse_config("version: 1\ntenants:\n  - id: a\n    policy: {history: {size: 10, ttl_ms: 60000}}\n")
-    return not any("policy.history" in w for w in not_yet_supported(cfg))
-
-
-# HISTORY GUARD: test_recovery_history.py (real-gateway recovery) runs once history exists;
-# the developer who lands history deletes these two lines.
-if not _gateway_has_history():
-    collect_ignore = ["test_recovery_history.py"]
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

@@ -1,13 +1,7 @@
-"""THE TEST THE HISTORY DEVELOPER TURNS ON (issue 12): recovery through a real gateway
-with `policy.history` (SPEC 13), the client doing what SPEC 16 asks of it.
-
-Not collected yet: tests/browser/conftest.py collects this file only once the gateway
-acts on `policy.history` (HISTORY GUARD there: it asks `wsprism.app.not_yet_supported`,
-which warns that history is not in this release). Whoever lands history removes that
-warning, this file then runs by default; delete the guard at the same time. It needs
-nothing else: the client side (offsets and epochs per room, re-join with `since`,
-replayed duplicates dropped, `recovered` surfaced) is done and tested against the fake
-gateway in test_client_fake_gateway.py.
+"""Recovery through a real gateway with `policy.history` (SPEC 13), the client doing
+what SPEC 16 asks of it: offsets and epochs per room, re-join with `since`, replayed
+duplicates dropped, `recovered` surfaced (the same client against the fake gateway:
+test_client_fake_gateway.py).
 """
 from tests.browser.conftest import GATEWAY_YAML, Gateway, open_test_page
 
@@ -46,6 +40,7 @@ def test_a_reconnecting_tab_recovers_what_it_missed_once_each(pages):
         assert msgs(alice) == [["m1", 1, epoch], ["m2", 2, epoch], ["m3", 3, epoch], ["m4", 4, epoch]]
         # a restart loses the in-memory history: a new epoch, recovered false, refetch state
         g.restart()
+        alice.wait_for_function("c.state === 'reconnecting'")     # the drain's 1001 reached the page
         alice.evaluate("window.dispatchEvent(new Event('online'))")
         alice.wait_for_function("c.events('joined').length === 3", timeout=10000)
         again = alice.evaluate("c.events('joined')[2]")

@@ -51,6 +51,7 @@ tenants:
     policy:
       ext_allowlist: ["room:*", "chat:send", "sys:*", "echo:*"]
       hot_allowlist: ["1:*"]
+      history: {size: 100, ttl_ms: 60000}
     services:
       echo: {webhook: "BACKEND/svc", timeout_ms: 1000}
   - id: hook
@@ -80,8 +81,11 @@ def traffic(g) -> None:
     """A little of everything, so every family has samples and the histograms counts."""
     async def main():
         ws, _ = await connect_authed(g.url())
-        assert (await request(ws, {"v": 1, "svc": "room", "type": "join", "room": "r"}))["type"] == "joined"
+        joined = await request(ws, {"v": 1, "svc": "room", "type": "join", "room": "r"})
+        assert joined["type"] == "joined"
         await request(ws, {"v": 1, "svc": "chat", "type": "send", "room": "r", "data": {"msg": "hi"}})
+        since = {"since": {"offset": 0, "epoch": joined["data"]["epoch"]}}      # a replay of one
+        await request(ws, {"v": 1, "svc": "room", "type": "join", "room": "r2", "data": since})
         assert (await request(ws, {"v": 1, "svc": "echo", "type": "x"}))["type"] == "reply"
         assert error_of(await request(ws, {"v": 1, "svc": "nope", "type": "x"})) == "NOT_ALLOWED"
         for _ in range(70):
@@ -213,7 +217,9 @@ def test_every_metric_name_and_label_is_exported(g):
                  "wsprism_decode_errors_total", "wsprism_service_errors_total", "wsprism_writer_timeouts_total",
                  "wsprism_egress_drop_total", "wsprism_draining", "wsprism_webhook_requests_total",
                  "wsprism_webhook_duration_seconds_bucket", "wsprism_auth_webhook_requests_total",
-                 "wsprism_api_requests_total"):
+                 "wsprism_api_requests_total", "wsprism_history_bytes", "wsprism_history_rooms",
+                 "wsprism_history_messages", "wsprism_history_replays_total",
+                 "wsprism_history_replayed_messages_total"):
         assert spec in used, spec
 
 

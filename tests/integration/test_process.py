@@ -206,9 +206,3 @@ def test_sighup_reload_applies_rejects_and_warns(spawn):
     run(main())
     assert p.p.poll() is None
 
-
-def test_keys_not_built_yet_are_announced(spawn):
-    p = spawn('version: 1\ngateway: {listen: "127.0.0.1:PORT"}\n'
-              'tenants: [{id: acme, policy: {history: {size: 10}}}]\n')
-    text = p.text()
-    assert 'tenant "acme": policy.history is not in this release' in text

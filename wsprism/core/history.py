@@ -71,9 +71,10 @@ the session live. No message is missed, none is sent twice, and order is by offs
 """
 from array import array
 from collections import OrderedDict
+from itertools import accumulate
 from secrets import token_urlsafe
 from time import monotonic
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 
@@ -86,7 +87,8 @@ RECOVERED = "recovered"
 OTHER_EPOCH = "other_epoch"      # the client's epoch is not the room's (restart, room expired)
 AHEAD = "ahead"                  # the client's offset is past the room's newest
 TRIMMED = "trimmed"              # messages after the client's offset were trimmed (size or ttl)
-OUTCOMES = (RECOVERED, OTHER_EPOCH, AHEAD, TRIMMED)
+ABORTED = "aborted"              # the session left, closed or stalled before its replay was over
+OUTCOMES = (RECOVERED, OTHER_EPOCH, AHEAD, TRIMMED, ABORTED)
 
 SWEEP_BATCH = 500                # records looked at per sweep call (one loop turn)
 
@@ -165,6 +167,68 @@ def decide(since_offset: int, since_epoch: str, epoch: str, top: int, first: int
     if since_offset + 1 < first:
         return first, TRIMMED
     return since_offset + 1, RECOVERED
+
+
+# --- what the tenant calls (a store per tenant: this memory one, or a Redis one) -------
+
+class Cursor(Protocol):
+    """A join's replay: the messages after `since`, up to the room's top (`Replay`)."""
+
+    @property
+    def done(self) -> bool:
+        """Every message up to the room's top has been handed out: the session can go live."""
+
+    def take(self, max_bytes: int) -> list:
+        """The next built frames in offset order, about `max_bytes` of them (at least one
+        while not done)."""
+
+    def finish(self) -> tuple[int, str, bool]:
+        """Done: count the outcome; (offset, epoch, recovered) for `joined`."""
+
+    def abort(self) -> None:
+        """It will not finish (counted as `aborted`)."""
+
+
+class Store(Protocol):
+    """One tenant's room history as core/tenant.py uses it. `HistoryStore` keeps it in
+    process memory; a Redis store (streams, with a broker) is to implement the same
+    calls. The numbers the metrics read: `nbytes`, `count`, `rooms` (len), `outcomes`,
+    `replayed`.
+
+    What a Redis store changes (the module docstring's last part): the offset comes
+    from Redis, so `publish` cannot return the frame; the frame reaches local members
+    from the broker feed, in offset order, own publishes included. `position`, `replay`
+    and `read` need a round trip (a join with history is then answered later, as a
+    long replay already is), and a cursor's `take` may have nothing yet without being
+    done (it must then wake its JoinRun instead of being polled)."""
+
+    def configure(self, size: int, ttl_ms: int) -> None:
+        """New limits (reload)."""
+
+    def publish(self, room: str, head: bytes, tail: bytes) -> bytes:
+        """Give the message (`head` + position + `tail`) the room's next offset, keep it,
+        and return the built frame to fan out."""
+
+    def occupied(self, room: str) -> object:
+        """The room got its first member (its record stays while it has members)."""
+
+    def vacated(self, room: str) -> None:
+        """The room's last member left (its record stays `ttl_ms` from now)."""
+
+    def position(self, room: str) -> tuple[int, str]:
+        """(newest offset, epoch)."""
+
+    def replay(self, room: str, since: "Since") -> Cursor:
+        """The cursor for a join with `since` (the room is occupied by then)."""
+
+    def read(self, room: str, since: int, epoch: str | None, limit: int) -> tuple[str, int, list, bool]:
+        """For the server API: (epoch, top, payloads after `since`, complete)."""
+
+    def sweep(self, budget: int) -> bool:
+        """Expire what is due, looking at ≤ budget records; True when more are due."""
+
+    def clear(self) -> None:
+        """Forget everything (history turned off)."""
 
 
 # --- one room --------------------------------------------------------------------------
@@ -294,18 +358,24 @@ class Replay:
             self.next = first
             if self.outcome == RECOVERED:
                 self.outcome = TRIMMED
-        out = []
-        nbytes = 0
-        offset, top = self.next, rec.top
-        while offset <= top:
-            frame = rec.frame_at(offset)
-            out.append(frame)
-            nbytes += len(frame)
-            offset += 1
-            if nbytes >= max_bytes:
-                break
-        self.next = offset
+        top = rec.top
         self.top = top
+        n = top - self.next + 1
+        if n <= 0:
+            return []
+        frames = rec.frames             # the ring: slices of it, not a call per frame
+        cap = len(frames)
+        i = rec.head + self.next - first
+        if i >= cap:
+            i -= cap
+        j = i + n
+        out = frames[i:j] if j <= cap else frames[i:] + frames[:j - cap]
+        if sum(map(len, out)) > max_bytes:
+            for k, nbytes in enumerate(accumulate(map(len, out))):
+                if nbytes >= max_bytes:
+                    del out[k + 1:]
+                    break
+        self.next += len(out)
         self.store.replayed += len(out)
         return out
 
@@ -314,6 +384,10 @@ class Replay:
         returns what `joined` reports, (offset, epoch, recovered)."""
         self.store.outcomes[self.outcome] += 1
         return self.top, self.epoch, self.outcome == RECOVERED
+
+    def abort(self) -> None:
+        """The replay will not finish (the session left the room, closed or stalled)."""
+        self.store.outcomes[ABORTED] += 1
 
 
 # --- one tenant ------------------------------------------------------------------------
@@ -461,27 +535,6 @@ class HistoryStore:
         """Forget everything (history turned off)."""
         self.rooms.clear()
         self.nbytes = self.count = 0
-
-
-def history_metrics(stores):
-    """Metric families of the history stores, `stores` = [(tenant id, HistoryStore)]:
-    `wsprism_history_bytes`, `_messages`, `_rooms` (gauges),
-    `wsprism_history_replays_total{outcome}` and `wsprism_history_replayed_messages_total`."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-    nbytes = GaugeMetricFamily("wsprism_history_bytes", "Bytes of the room messages kept for recovery", labels=["tenant"])
-    count = GaugeMetricFamily("wsprism_history_messages", "Room messages kept for recovery", labels=["tenant"])
-    rooms = GaugeMetricFamily("wsprism_history_rooms", "Rooms with a history record (with or without members)", labels=["tenant"])
-    replays = CounterMetricFamily("wsprism_history_replays", "Joins with `since`, by outcome", labels=["tenant", "outcome"])
-    replayed = CounterMetricFamily("wsprism_history_replayed_messages", "Messages sent by replays", labels=["tenant"])
-    for tid, store in stores:
-        nbytes.add_metric([tid], store.nbytes)
-        count.add_metric([tid], store.count)
-        rooms.add_metric([tid], len(store.rooms))
-        for outcome in OUTCOMES:
-            replays.add_metric([tid, outcome], store.outcomes[outcome])
-        replayed.add_metric([tid], store.replayed)
-    return nbytes, count, rooms, replays, replayed
 
 
 def _payload(frame: bytes) -> bytes:

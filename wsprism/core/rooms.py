@@ -5,6 +5,12 @@ in it, so presence counts users, not tabs. `max_users_per_room` counts distinct 
 `max_rooms_per_user` counts distinct rooms over all of a user's sessions, and a room
 with no member left is deleted at once. Announcing joins and leaves, and fanning out,
 is the tenant's (core/tenant.py): this table only keeps the sets.
+
+A member is live (in `members`, the set room messages fan out to) or joining (in
+`joining`: admitted, counted toward every limit and in presence, but not sent room
+messages yet, because its replay of the room's history is still being sent;
+core/recovery.py). `go_live` moves it over when its replay reaches the room's newest
+message.
 """
 from . import codes
 
@@ -19,12 +25,17 @@ class RoomError(Exception):
 
 
 class Room:
-    __slots__ = ("name", "members", "users")
+    __slots__ = ("name", "members", "users", "joining")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.members: dict = {}            # Session -> None, in join order
-        self.users: dict[str, int] = {}    # user -> sessions of that user in the room
+        self.members: dict = {}            # live sessions (the fan-out set): Session -> None, in join order
+        self.users: dict[str, int] = {}    # user -> sessions of that user in the room (joining too)
+        self.joining: dict = {}            # Session -> its join in progress (core/recovery.py)
+
+    @property
+    def empty(self) -> bool:
+        return not self.members and not self.joining
 
 
 class RoomTable:
@@ -39,18 +50,22 @@ class RoomTable:
         return self.rooms.get(name)
 
     def is_member(self, session, name: str) -> bool:
+        """Live or joining."""
         room = self.rooms.get(name)
-        return room is not None and session in room.members
+        return room is not None and (session in room.members or session in room.joining)
 
-    def join(self, session, name: str) -> bool:
+    def make_active(self, session, name: str) -> None:
+        """A re-join of a room the session is in (live or joining): its active room again."""
+        del session.rooms[name]
+        session.rooms[name] = None
+        session.room_members = self.rooms[name].members
+
+    def join(self, session, name: str, pending=None) -> bool:
         """Add the session to the room and make it the session's active room; RoomError
-        past a limit. True when this is the user's first session in the room."""
+        past a limit. True when this is the user's first session in the room. With
+        `pending` (its join in progress) the session is joining, not live, until
+        `go_live`. The caller has handled a re-join (`make_active`)."""
         room = self.rooms.get(name)
-        if room is not None and session in room.members:
-            del session.rooms[name]             # re-join: make it the active room again
-            session.rooms[name] = None
-            session.room_members = room.members
-            return False
         user = session.user
         limits = self.limits
         first_of_user = room is None or user not in room.users
@@ -65,7 +80,10 @@ class RoomTable:
                 raise RoomError(codes.RESOURCE_EXHAUSTED, "max_rooms_per_user reached")
         if room is None:
             room = self.rooms[name] = Room(name)
-        room.members[session] = None
+        if pending is None:
+            room.members[session] = None
+        else:
+            room.joining[session] = pending
         room.users[user] = room.users.get(user, 0) + 1
         mine = self.user_rooms.setdefault(user, {})
         mine[name] = mine.get(name, 0) + 1
@@ -73,14 +91,25 @@ class RoomTable:
         session.room_members = room.members
         return first_of_user
 
+    def go_live(self, session, name: str) -> None:
+        """A joining session becomes a live member (its replay is over)."""
+        room = self.rooms[name]
+        del room.joining[session]
+        room.members[session] = None
+
     def leave(self, session, name: str) -> Room | None:
-        """Remove the session from the room. None if it was not a member; else the room,
-        whose `users` no longer holds the user if this was the user's last session in it
-        (a room left empty is already deleted from the table)."""
+        """Remove the session (live or joining) from the room. None if it was not a
+        member; else the room, whose `users` no longer holds the user if this was the
+        user's last session in it (a room left empty is already deleted from the table)."""
         room = self.rooms.get(name)
-        if room is None or session not in room.members:
+        if room is None:
             return None
-        del room.members[session]
+        if session in room.members:
+            del room.members[session]
+        elif session in room.joining:
+            del room.joining[session]
+        else:
+            return None
         del session.rooms[name]
         active = next(reversed(session.rooms), None)
         session.room_members = self.rooms[active].members if active is not None else None
@@ -96,7 +125,7 @@ class RoomTable:
                 del self.user_rooms[user]
         else:
             mine[name] -= 1
-        if not room.members:
+        if room.empty:
             del self.rooms[name]
         return room
 

@@ -1,10 +1,11 @@
 """The server API for backends (SPEC section 10): an aiohttp.web app on `gateway.api.listen`.
 
-    POST /v1/publish     {"tenant","room","svc","type","data"?}      → {"delivered": n}
+    POST /v1/publish     {"tenant","room","svc","type","data"?}      → {"delivered": n, "offset"?, "epoch"?}
     POST /v1/send        {"tenant","user","svc","type","data"?}      → {"delivered": n}
     POST /v1/disconnect  {"tenant","user","code"?,"reason"?}         → {"delivered": n}
     GET  /v1/presence?tenant=&room=&limit=                           → {"count": n, "users": [...]}
     GET  /v1/stats?tenant=                                           → {"sessions","rooms","users"}
+    GET  /v1/history?tenant=&room=&since=&epoch=&limit=              → {"epoch","offset","complete","messages"}
     GET  /v1/admin/state?tenant=&q=&offset=&limit=&top=              → the admin page's data (ops/admin.py)
     GET  /admin/                                                     → the admin page (static, no data)
 
@@ -31,6 +32,7 @@ from aiohttp import web
 from .. import names
 from ..config import ConfigError, split_listen
 from ..core import codes
+from ..core.history import U64_MAX
 from . import admin
 
 log = logging.getLogger("wsprism.api")
@@ -38,9 +40,12 @@ log = logging.getLogger("wsprism.api")
 MAX_BODY = 1024 * 1024
 PRESENCE_DEFAULT = 1000
 PRESENCE_MAX = 10_000
+HISTORY_DEFAULT = 100
+HISTORY_MAX = 10_000
 UNKNOWN_TENANT = "_unknown"
 ROUTES = {"/v1/publish": "publish", "/v1/send": "send", "/v1/disconnect": "disconnect",
-          "/v1/presence": "presence", "/v1/stats": "stats", "/v1/admin/state": "admin_state"}
+          "/v1/presence": "presence", "/v1/stats": "stats", "/v1/history": "history",
+          "/v1/admin/state": "admin_state"}
 
 TenantId = names.TenantIdStr
 RoomName = names.RoomStr
@@ -84,6 +89,14 @@ class PresenceQuery(_Req):
 
 class StatsQuery(_Req):
     tenant: TenantId
+
+
+class HistoryQuery(_Req):
+    tenant: TenantId
+    room: RoomName
+    since: Annotated[int, msgspec.Meta(ge=0)] = 0              # u64: the upper bound checked below
+    epoch: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=HISTORY_MAX)] = HISTORY_DEFAULT
 
 
 class AdminStateQuery(_Req):
@@ -183,6 +196,7 @@ class ApiServer:
         app.router.add_post("/v1/disconnect", self.disconnect)
         app.router.add_get("/v1/presence", self.presence)
         app.router.add_get("/v1/stats", self.stats)
+        app.router.add_get("/v1/history", self.history)
         app.router.add_get("/v1/admin/state", self.admin_state)
         app.router.add_get("/admin", self.admin_redirect)
         app.router.add_get("/admin/{name:[a-z.]*}", self.admin_page)
@@ -286,7 +300,10 @@ class ApiServer:
     # -- routes ------------------------------------------------------------------------------
     async def publish(self, request: web.Request) -> web.Response:
         req, tenant = await self._body(request, PublishReq)
-        return _json({"delivered": tenant.publish(req.room, req.svc, req.type, req.data)})
+        out = {"delivered": tenant.publish(req.room, req.svc, req.type, req.data)}
+        if tenant.history is not None:          # the message's position (same turn: it is the top)
+            out["offset"], out["epoch"] = tenant.history.position(req.room)
+        return _json(out)
 
     async def send(self, request: web.Request) -> web.Response:
         req, tenant = await self._body(request, SendReq)
@@ -310,6 +327,19 @@ class ApiServer:
         req, tenant = self._query(request, StatsQuery)
         return _json({"sessions": tenant.sessions.count, "rooms": len(tenant.rooms.rooms),
                       "users": tenant.sessions.users})
+
+    async def history(self, request: web.Request) -> web.Response:
+        """The room's messages after `since` (oldest first, at most `limit`), the room's
+        position, and `complete`: false when some after `since` are gone (trimmed, or
+        `epoch` given and not the room's). The next page: since = the last one's offset."""
+        req, tenant = self._query(request, HistoryQuery)
+        if req.since > U64_MAX:
+            raise ApiError(400, "since out of range (u64)", "since")
+        if tenant.history is None:
+            raise ApiError(404, "history is not enabled for this tenant (policy.history)")
+        epoch, top, payloads, complete = tenant.history.read(req.room, req.since, req.epoch, req.limit)
+        return _json({"epoch": epoch, "offset": top, "complete": complete,
+                      "messages": [msgspec.Raw(p) for p in payloads]})
 
     async def admin_state(self, request: web.Request) -> web.Response:
         req, tenant = self._query(request, AdminStateQuery)

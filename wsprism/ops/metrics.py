@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from .._fast import Counter
+from ..core.history import OUTCOMES
 from ..core.stats import POLICY_LABELS, SLOW_CONSUMER_REASONS
 
 UNKNOWN_TENANT = "_unknown"
@@ -62,6 +63,7 @@ class GatewayCollector:
         draining.add_metric([], 1 if gw.draining else 0)
         yield from (upgrades, active, policy, rejections, decode, svc_err, writer, egress, dispatch, draining)
         yield from python_service_metrics(gw)
+        yield from history_metrics([(tid, t.history) for tid, t in gw.tenants.items() if t.history is not None])
         yield from gw.extra_metrics()
 
 
@@ -80,6 +82,27 @@ def python_service_metrics(gw):
                 calls.add_metric([tid, svc, hook, outcome], n)
             duration.add_metric([tid, svc], service.latency.cumulative(), service.latency.sum)
     yield from (calls, duration)
+
+
+def history_metrics(stores):
+    """The tenants' room history (SPEC 13), `stores` = [(tenant id, history store)]:
+    `wsprism_history_bytes`, `_messages`, `_rooms` (gauges),
+    `wsprism_history_replays_total{tenant,outcome}` (joins with `since`, counted when
+    their replay ends; `outcome` from history.OUTCOMES) and
+    `wsprism_history_replayed_messages_total`."""
+    nbytes = GaugeMetricFamily("wsprism_history_bytes", "Bytes of the room messages kept for recovery", labels=["tenant"])
+    count = GaugeMetricFamily("wsprism_history_messages", "Room messages kept for recovery", labels=["tenant"])
+    rooms = GaugeMetricFamily("wsprism_history_rooms", "Rooms with a history record (with or without members)", labels=["tenant"])
+    replays = CounterMetricFamily("wsprism_history_replays", "Joins with since, by outcome", labels=["tenant", "outcome"])
+    replayed = CounterMetricFamily("wsprism_history_replayed_messages", "Messages sent by replays", labels=["tenant"])
+    for tid, store in stores:
+        nbytes.add_metric([tid], store.nbytes)
+        count.add_metric([tid], store.count)
+        rooms.add_metric([tid], len(store.rooms))
+        for outcome in OUTCOMES:
+            replays.add_metric([tid, outcome], store.outcomes[outcome])
+        replayed.add_metric([tid], store.replayed)
+    return nbytes, count, rooms, replays, replayed
 
 
 def make_registry(gateway) -> CollectorRegistry:

@@ -414,6 +414,8 @@ def expect_envelope(text: str, rooms: set):
         room = obj.get("room", ABSENT)
         if room is ABSENT or not ROOM_RE.fullmatch(room):
             return [ERR("BAD_REQUEST")], None
+        if not join_data_ok(obj.get("data")):          # SPEC 13: data null, or an object whose since is
+            return [ERR("BAD_REQUEST")], None          # null or exactly {offset: u64, epoch: string}
         rooms.add(room)
         answers = [{"v": 1, "svc": "sys", "type": "joined", "room": room}]
     else:
@@ -421,6 +423,19 @@ def expect_envelope(text: str, rooms: set):
     if flags & 4 and "seq" in obj:
         answers.append({"v": 1, "svc": "sys", "type": "ack", "seq": seq})
     return answers, None
+
+
+def join_data_ok(data) -> bool:
+    """A room:join's data as the gateway takes it (history off here: a valid since just joins)."""
+    if data is None:
+        return True
+    if not isinstance(data, dict):
+        return False
+    since = data.get("since")
+    if since is None:
+        return True
+    return (isinstance(since, dict) and set(since) == {"offset", "epoch"}
+            and type(since["offset"]) is int and 0 <= since["offset"] < 2**64 and isinstance(since["epoch"], str))
 
 
 def remap(text: str) -> str:

@@ -125,7 +125,8 @@ def not_yet_supported(config) -> list[str]:
                 out.append(f'tenant "{tenant.id}": policy.history with a broker is per node in this '
                            "release: each node numbers and keeps the messages published on it; "
                            "messages from other nodes are delivered live, not kept, and carry "
-                           "their node's offsets")
+                           "their node's offsets; so a join with since is never recovered "
+                           "(recovered: false) and GET /v1/history is never complete")
     return out
 
 

@@ -102,7 +102,8 @@ def _apply_history(tenant: Tenant, cfg) -> None:
         if tenant.history is not None:
             tenant.set_history(None)
     elif tenant.history is None:
-        tenant.set_history(HistoryStore(cfg.size, cfg.ttl_ms))
+        # with a broker, per node until the shared Redis store (docs/scaling.md)
+        tenant.set_history(HistoryStore(cfg.size, cfg.ttl_ms, per_node=tenant.cluster is not None))
     else:
         tenant.history.configure(cfg.size, cfg.ttl_ms)
 

@@ -29,16 +29,18 @@ tenants:
       ext_allowlist: ["room:*", "chat:send", "sys:*"]
       hot_allowlist: ["1:*"]
       presence_events: {events}
-      sessions: {{max_sessions_per_user: 8}}
+      sessions: {{max_sessions_per_user: 8}}{history}
 """
 
 
-def pair(gateway_factory, url, prefix, users=0, rooms=0, per_user=0, api=False, tenant="acme", events=False):
+def pair(gateway_factory, url, prefix, users=0, rooms=0, per_user=0, api=False, tenant="acme", events=False,
+         history=False):
     out = []
     for _ in range(2):
         api_cfg = ('api: {listen: "127.0.0.1:0", keys: {%s: {env: WSPRISM_CLUSTER_KEY}}}' % tenant) if api else ""
         text = YAML.format(url=url, prefix=prefix, users=users, rooms=rooms, per_user=per_user, api=api_cfg,
-                           tenant=tenant, events="true" if events else "false")
+                           tenant=tenant, events="true" if events else "false",
+                           history="\n      history: {size: 100, ttl_ms: 60000}" if history else "")
         out.append(gateway_factory(text))
     wait(lambda: all(g.gw.cluster.up for g in out))
     return out
@@ -478,6 +480,39 @@ def test_both_lanes_keep_the_senders_order_across_nodes(gateway_factory, redis_s
             got.append(raw[3:].decode() if isinstance(raw, bytes) else json.loads(raw)["data"]["msg"])
         assert got == expected
         for ws in (sender, peer):
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_history_with_a_broker_is_per_node_and_never_claims_a_full_recovery(gateway_factory, redis_server):
+    """Until the shared Redis store: each node numbers and keeps what is published on it,
+    the other nodes' messages arrive live with their node's position, and a join with
+    `since` replays this node's messages after it, then `recovered: false` (docs/scaling.md)."""
+    a, b = pair(gateway_factory, redis_server.url, "cr13", history=True)
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice", sid="t1"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        ja = await request(alice, {"v": 1, "svc": "room", "type": "join", "room": "h"})
+        epoch_a = ja["data"]["epoch"]
+        assert (await request(bob, {"v": 1, "svc": "room", "type": "join", "room": "h"}))["type"] == "joined"
+        await send_json(alice, chat("h", "from a"))
+        mine = await until(alice, is_chat)
+        assert (mine["offset"], mine["epoch"]) == (1, epoch_a)
+        await send_json(bob, chat("h", "from b"))
+        theirs = await until(alice, is_chat)
+        assert theirs["data"]["msg"] == "from b" and theirs["epoch"] != epoch_a      # node b's numbering
+        await alice.close()
+        alice, _ = await connect_authed(a.url(ticket="dev:alice", sid="t1"))
+        await send_json(alice, {"v": 1, "svc": "room", "type": "join", "room": "h",
+                                "data": {"since": {"offset": 0, "epoch": epoch_a}}})
+        replayed = await recv_json(alice)
+        assert replayed["data"]["msg"] == "from a" and replayed["offset"] == 1       # what node a kept
+        answer = await recv_json(alice)
+        assert answer["type"] == "joined" and answer["data"] == {"offset": 1, "epoch": epoch_a, "recovered": False}
+        assert a.gw.tenants["acme"].history.outcomes["per_node"] == 1
+        for ws in (alice, bob):
             await ws.close()
 
     asyncio.run(main())

@@ -3,6 +3,7 @@ SPEC 16, bad input from the server, timeouts, sends while reconnecting, the app-
 ping, and recovery by offset/epoch (SPEC 13) before the gateway has history."""
 import json
 import struct
+import time
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -153,11 +154,12 @@ def test_a_refused_handshake_asks_why_and_stops_only_when_retrying_cannot_help(p
     """A socket closed before it opened looks like a refused handshake to the client, as
     a real refusal does (close 1006): it asks GET <url>/check and acts on the reason.
     One client per answer, all at once (tenant r<i> gets REFUSALS[i])."""
-    checks = []
+    checks, at = [], {}
 
     def check(route):
         url = route.request.url
         checks.append(url)
+        at.setdefault(url, []).append(time.monotonic())
         answer = REFUSALS[int(parse_qs(urlparse(url).query)["tenant"][0][1:])][0]
         if answer is None:
             route.abort()
@@ -194,7 +196,12 @@ def test_a_refused_handshake_asks_why_and_stops_only_when_retrying_cannot_help(p
         else:
             assert [s for s in states if s[0] == "reconnecting"][0][1]["reason"] == expected
             if answer and answer.get("retry_after"):      # Retry-After is a floor for the next try
-                assert len(mine) == 1 and states[-1][1]["delay"] >= 1000, (i, states)
+                reconnects = [s for s in states if s[0] == "reconnecting"]
+                assert all(s[1]["delay"] >= 1000 for s in reconnects), (i, states)
+                # a loaded host may let the wait above outlast the floor: a second try is
+                # fine then, as long as it came no sooner than Retry-After allows
+                times = at[mine[0]]
+                assert all(b - a >= 0.95 for a, b in zip(times, times[1:])), (i, times)
             else:
                 assert len(mine) >= 2, (i, mine)          # it keeps trying, with backoff
         assert page.evaluate(f"clients[{i}].lastError.reason") == expected

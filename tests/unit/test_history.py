@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from wsprism.core.envelope import encode_message, encode_room_parts
 from wsprism.core.history import (
-    ABORTED, AHEAD, OTHER_EPOCH, RECOVERED, TRIMMED, U64_MAX, BadSince, HistoryStore, Since, _payload, decide,
+    ABORTED, AHEAD, OTHER_EPOCH, RECOVERED, TRIMMED, U64_MAX, UNAVAILABLE, BadSince, HistoryStore, Since, _payload, decide,
     decode_since, new_epoch,
 )
 
@@ -258,7 +258,7 @@ def test_replay_outcomes_are_counted():
         r = s.replay("r", since)
         assert (r.outcome, r.recovered) == (outcome, outcome == RECOVERED)
         assert offsets(r.take(BIG)) == got and r.done and r.finish() == (30, "E1", outcome == RECOVERED)
-    assert s.outcomes == {RECOVERED: 2, TRIMMED: 1, AHEAD: 1, OTHER_EPOCH: 1, ABORTED: 0}
+    assert s.outcomes == {RECOVERED: 2, TRIMMED: 1, AHEAD: 1, OTHER_EPOCH: 1, ABORTED: 0, UNAVAILABLE: 0}
     assert s.replayed == 5 + 30
 
 

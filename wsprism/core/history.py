@@ -88,7 +88,8 @@ OTHER_EPOCH = "other_epoch"      # the client's epoch is not the room's (restart
 AHEAD = "ahead"                  # the client's offset is past the room's newest
 TRIMMED = "trimmed"              # messages after the client's offset were trimmed (size or ttl)
 ABORTED = "aborted"              # the session left, closed or stalled before its replay was over
-OUTCOMES = (RECOVERED, OTHER_EPOCH, AHEAD, TRIMMED, ABORTED)
+UNAVAILABLE = "unavailable"      # the history could not be read (with a broker: Redis is down)
+OUTCOMES = (RECOVERED, OTHER_EPOCH, AHEAD, TRIMMED, ABORTED, UNAVAILABLE)
 
 SWEEP_BATCH = 500                # records looked at per sweep call (one loop turn)
 
@@ -99,6 +100,10 @@ def new_epoch() -> str:
 
 
 # --- `room:join` data ------------------------------------------------------------------
+
+class HistoryUnavailable(Exception):
+    """The history cannot be read now (with a broker: Redis is down)."""
+
 
 class BadSince(Exception):
     """A malformed `since` (or join `data`): BAD_REQUEST, the session stays."""
@@ -188,6 +193,10 @@ class Cursor(Protocol):
     def abort(self) -> None:
         """It will not finish (counted as `aborted`)."""
 
+    def park(self, wake) -> None:
+        """`take` gave nothing and it is not done (a store that reads remotely): call
+        `wake()` once there is more (or it is done)."""
+
 
 class Store(Protocol):
     """One tenant's room history as core/tenant.py uses it. `HistoryStore` keeps it in
@@ -215,14 +224,21 @@ class Store(Protocol):
     def vacated(self, room: str) -> None:
         """The room's last member left (its record stays `ttl_ms` from now)."""
 
+    remote: bool
+    """True when the store answers joins later (every join is a JoinRun, `since` or not)."""
+
     def position(self, room: str) -> tuple[int, str]:
-        """(newest offset, epoch)."""
+        """(newest offset, epoch), as this node knows it."""
+
+    def published(self, room: str):
+        """The position of the message `publish` took last (now, or an awaitable)."""
 
     def replay(self, room: str, since: "Since") -> Cursor:
         """The cursor for a join with `since` (the room is occupied by then)."""
 
     def read(self, room: str, since: int, epoch: str | None, limit: int) -> tuple[str, int, list, bool]:
-        """For the server API: (epoch, top, payloads after `since`, complete)."""
+        """For the server API: (epoch, top, payloads after `since`, complete) (or an
+        awaitable of it; HistoryUnavailable when it cannot be read now)."""
 
     def sweep(self, budget: int) -> bool:
         """Expire what is due, looking at ≤ budget records; True when more are due."""
@@ -389,6 +405,9 @@ class Replay:
         """The replay will not finish (the session left the room, closed or stalled)."""
         self.store.outcomes[ABORTED] += 1
 
+    def park(self, wake) -> None:       # never reached: `take` gives frames while not done
+        wake()
+
 
 # --- one tenant ------------------------------------------------------------------------
 
@@ -396,6 +415,8 @@ class HistoryStore:
     """The history of one tenant's rooms, in process memory."""
 
     __slots__ = ("size", "ttl", "rooms", "nbytes", "count", "outcomes", "replayed", "clock", "new_epoch")
+
+    remote = False                      # answers joins at once (core/tenant.py)
 
     def __init__(self, size: int, ttl_ms: int, clock=monotonic, epochs=new_epoch) -> None:
         self.rooms: OrderedDict[str, RoomHistory] = OrderedDict()   # by last activity, oldest first
@@ -439,6 +460,8 @@ class HistoryStore:
         """(newest offset, epoch) of the room, creating its record if needed."""
         rec = self._record(name, self.clock())
         return rec.top, rec.epoch
+
+    published = position                # the message just published is the room's top
 
     def expire(self, rec: RoomHistory) -> None:
         """Drop what `ttl_ms` and `size` no longer allow."""

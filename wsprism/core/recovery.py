@@ -84,6 +84,9 @@ class JoinRun:
         if cursor.done:
             tenant.went_live(self)
             return True
+        if not frames:                          # a remote read still on its way: woken by it
+            cursor.park(self.step)
+            return False
         self.deadline = loop.time() + tenant.writer_send_timeout
         self.handle = loop.call_soon(self.step)   # after this turn's write (the corker's flush)
         return False

@@ -231,7 +231,8 @@ class Tenant:
         rooms = self.rooms
         new_room = room not in rooms.rooms
         history = self.history
-        run = JoinRun(self, history, session, room, answer) if history is not None and since is not None else None
+        run = (JoinRun(self, history, session, room, answer)
+               if history is not None and (since is not None or history.remote) else None)
         first_of_user = rooms.join(session, room, pending=run)     # RoomError: nothing counted
         if new_room and history is not None:
             history.occupied(room)
@@ -367,14 +368,15 @@ class Tenant:
         else:
             frame = history.publish(room, *encode_room_parts(svc, type_, room, data))
             r = self.rooms.get(room)
+            if frame is None:       # numbered by the broker's history step: every node, this one
+                return 0 if r is None else len(r.members) + len(r.joining)   # too, delivers it from its feed
         n = 0
         if r is not None:
             members = r.members
             broadcast(members, frame, False)
             n = len(members) + len(r.joining)
         if cluster is not None:
-            # after the local fan-out; a later step moves a history room's numbering and
-            # this publish into one broker step (scaling.md)
+            # after the local fan-out (history with a broker down: unnumbered, counted as dropped)
             cluster.publish(self, room, r, frame, False)
         return n
 

@@ -1,0 +1,271 @@
+"""History with a broker (SPEC 11 + 13, issue 12): the offsets come from one atomic step in
+Redis, so every node delivers a room's messages in offset order; a client that drops
+from one node recovers on another; the server API reads the shared stream; a node that
+missed broker messages during an outage repairs the gap for its members. Two gateways
+(each its own loop thread and broker node, real sockets) on a real redis-server."""
+import asyncio
+import json
+import os
+import time
+
+import aiohttp
+import pytest
+
+from tests.client import connect_authed, expect_silence, recv_json, send_json
+
+KEY = "cluster-history-api-key-0123456789ab"
+ENV = "WSPRISM_CLUSTER_HISTORY_KEY"
+
+YAML = """
+version: 1
+gateway:
+  listen: "127.0.0.1:0"
+  api: {{listen: "127.0.0.1:0", keys: {{acme: {{env: %s}}}}}}
+broker: {{url: "{url}", prefix: "{prefix}", lease_ms: 2000}}
+tenants:
+  - id: acme
+    policy:
+      ext_allowlist: ["room:*", "chat:send", "sys:*"]
+      rate_limit_rps: 100000
+      rate_limit_burst: 100000
+      history: {{size: {size}, ttl_ms: 60000}}
+""" % ENV
+
+
+def pair(gateway_factory, url, prefix, size=100):
+    os.environ[ENV] = KEY
+    try:
+        out = [gateway_factory(YAML.format(url=url, prefix=prefix, size=size)) for _ in range(2)]
+    finally:
+        del os.environ[ENV]
+    wait(lambda: all(g.gw.cluster.up for g in out))
+    return out
+
+
+def wait(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def join_msg(room, since=None):
+    env = {"v": 1, "svc": "room", "type": "join", "room": room}
+    if since is not None:
+        env["data"] = {"since": since}
+    return env
+
+
+def chat(room, msg):
+    return {"v": 1, "svc": "chat", "type": "send", "room": room, "data": {"msg": msg}}
+
+
+async def until_joined(ws, timeout=3.0):
+    """(room messages before `joined`, `joined`)."""
+    before = []
+    while True:
+        m = await recv_json(ws, timeout)
+        if m["svc"] == "sys" and m["type"] == "joined":
+            return before, m
+        before.append(m)
+
+
+async def joined_now(ws, room, since=None):
+    await send_json(ws, join_msg(room, since))
+    return await until_joined(ws)
+
+
+async def chats(ws, n, timeout=3.0):
+    out = []
+    while len(out) < n:
+        m = await recv_json(ws, timeout)
+        if m["svc"] == "chat":
+            out.append(m)
+    return out
+
+
+def api(g, method, path, body=None):
+    async def main():
+        data = json.dumps(body).encode() if body is not None else None
+        async with aiohttp.ClientSession() as s:
+            async with s.request(method, f"http://127.0.0.1:{g.gw.api.port}{path}", data=data,
+                                 headers={"Authorization": f"Bearer {KEY}"}) as r:
+                return r.status, await r.json()
+    return asyncio.run(main())
+
+
+def test_offsets_from_redis_same_order_on_every_node(gateway_factory, redis_server):
+    a, b = pair(gateway_factory, redis_server.url, "ch1")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        _, ja = await joined_now(alice, "lobby")
+        _, jb = await joined_now(bob, "lobby")
+        epoch = ja["data"]["epoch"]
+        assert ja["data"] == {"offset": 0, "epoch": epoch} and len(epoch) == 12
+        assert jb["data"] == {"offset": 0, "epoch": epoch}            # one room, one epoch, every node
+        for i in range(30):                                           # both nodes publish, interleaved
+            await send_json(alice, chat("lobby", f"a{i}"))
+            await send_json(bob, chat("lobby", f"b{i}"))
+        got = [await chats(ws, 60) for ws in (alice, bob)]
+        for msgs in got:
+            assert [m["offset"] for m in msgs] == list(range(1, 61))   # offset order, no gap, no duplicate
+            assert {m["epoch"] for m in msgs} == {epoch}
+            mine = [m["data"]["msg"] for m in msgs]
+            assert [x for x in mine if x[0] == "a"] == [f"a{i}" for i in range(30)]   # per-sender order
+            assert [x for x in mine if x[0] == "b"] == [f"b{i}" for i in range(30)]
+        assert [m["data"]["msg"] for m in got[0]] == [m["data"]["msg"] for m in got[1]]   # the same order
+        for ws in (alice, bob):
+            await expect_silence(ws, 0.3)
+        # a re-join of a live member: the position this node delivered, no replay
+        _, again = await joined_now(bob, "lobby", {"offset": 60, "epoch": epoch})
+        assert again["data"] == {"offset": 60, "epoch": epoch, "recovered": True}
+        await alice.close()
+        await bob.close()
+    asyncio.run(main())
+
+
+def test_reconnect_to_the_other_node_recovers_there(gateway_factory, redis_server):
+    a, b = pair(gateway_factory, redis_server.url, "ch2")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(a.url(ticket="dev:bob", sid="s-bob"))
+        await joined_now(alice, "r")
+        _, j = await joined_now(bob, "r")
+        epoch = j["data"]["epoch"]
+        for i in range(5):
+            await send_json(alice, chat("r", f"m{i}"))
+        seen = await chats(bob, 5)
+        assert seen[-1]["offset"] == 5
+        await bob.close()                                   # bob's phone drops...
+        for i in range(5, 12):
+            await send_json(alice, chat("r", f"m{i}"))
+        await chats(alice, 12)
+        # ... and comes back on the other node
+        bob2, _ = await connect_authed(b.url(ticket="dev:bob", sid="s-bob"))
+        before, joined = await joined_now(bob2, "r", {"offset": 5, "epoch": epoch})
+        assert [m["offset"] for m in before] == list(range(6, 13))
+        assert [m["data"]["msg"] for m in before] == [f"m{i}" for i in range(5, 12)]
+        assert joined["data"] == {"offset": 12, "epoch": epoch, "recovered": True}
+        # live from there, once each
+        await send_json(alice, chat("r", "live"))
+        live = await chats(bob2, 1)
+        assert live[0]["offset"] == 13
+        await expect_silence(bob2, 0.3)
+        # another epoch, or ahead: not recovered, the newest it can
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        before, joined = await joined_now(carol, "r", {"offset": 3, "epoch": "another-one1"})
+        assert joined["data"] == {"offset": 13, "epoch": epoch, "recovered": False}
+        assert [m["offset"] for m in before] == list(range(1, 14))
+        dave, _ = await connect_authed(b.url(ticket="dev:dave"))
+        before, joined = await joined_now(dave, "r", {"offset": 99, "epoch": epoch})
+        assert joined["data"] == {"offset": 13, "epoch": epoch, "recovered": False}
+        for ws in (alice, bob2, carol, dave):
+            await ws.close()
+    asyncio.run(main())
+
+
+def test_history_outlives_members_and_is_trimmed_by_size(gateway_factory, redis_server):
+    a, b = pair(gateway_factory, redis_server.url, "ch3", size=10)
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        _, j = await joined_now(alice, "t")
+        epoch = j["data"]["epoch"]
+        for i in range(25):
+            await send_json(alice, chat("t", f"m{i}"))
+        await chats(alice, 25)
+        await alice.close()                                   # the room is empty everywhere
+        await asyncio.sleep(0.1)
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        before, joined = await joined_now(bob, "t", {"offset": 20, "epoch": epoch})
+        assert joined["data"] == {"offset": 25, "epoch": epoch, "recovered": True}
+        assert [m["offset"] for m in before] == [21, 22, 23, 24, 25]
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        before, joined = await joined_now(carol, "t", {"offset": 2, "epoch": epoch})
+        assert joined["data"] == {"offset": 25, "epoch": epoch, "recovered": False}   # trimmed by size
+        assert [m["offset"] for m in before] == list(range(16, 26))                  # the newest `size`
+        await bob.close()
+        await carol.close()
+    asyncio.run(main())
+
+
+def test_server_api_publish_and_history_read_the_stream(gateway_factory, redis_server):
+    a, b = pair(gateway_factory, redis_server.url, "ch4")
+
+    async def main():
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        _, j = await joined_now(bob, "news")
+        epoch = j["data"]["epoch"]
+        return bob, epoch
+
+    async def rest(bob, epoch):
+        got = await chats_any(bob, 3)
+        assert [m["offset"] for m in got] == [1, 2, 3]
+        await bob.close()
+
+    async def chats_any(ws, n):
+        out = []
+        while len(out) < n:
+            m = await recv_json(ws, 3.0)
+            if m["svc"] == "svc":
+                out.append(m)
+        return out
+
+    loop = asyncio.new_event_loop()
+    bob, epoch = loop.run_until_complete(main())
+    for i in range(3):                                     # through node A, which has no member in it
+        status, out = api(a, "POST", "/v1/publish",
+                          {"tenant": "acme", "room": "news", "svc": "svc", "type": "t", "data": {"i": i}})
+        assert status == 200 and out["offset"] == i + 1 and out["epoch"] == epoch, out
+    loop.run_until_complete(rest(bob, epoch))
+    loop.close()
+    status, out = api(b, "GET", "/v1/history?tenant=acme&room=news&since=1")
+    assert status == 200
+    assert out["epoch"] == epoch and out["offset"] == 3 and out["complete"] is True
+    assert [m["data"]["i"] for m in out["messages"]] == [1, 2]
+    assert [m["offset"] for m in out["messages"]] == [2, 3]
+    status, out = api(a, "GET", f"/v1/history?tenant=acme&room=news&since=0&epoch=nope&limit=1")
+    assert status == 200 and out["complete"] is False and len(out["messages"]) == 1
+
+
+def test_a_node_that_missed_broker_messages_repairs_the_gap(gateway_factory, redis_server):
+    """Node B's subscriber link is cut (CLIENT KILL): the messages A publishes meanwhile
+    reach B's members from the stream, in order, once, and nobody is disconnected."""
+    a, b = pair(gateway_factory, redis_server.url, "ch5")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        await joined_now(alice, "g")
+        await joined_now(bob, "g")
+        for i in range(5):
+            await send_json(alice, chat("g", f"m{i}"))
+        assert [m["offset"] for m in await chats(bob, 5)] == [1, 2, 3, 4, 5]
+        kill_subscriber(redis_server, b.gw.cluster.node)
+        for i in range(5, 40):
+            await send_json(alice, chat("g", f"m{i}"))
+            await asyncio.sleep(0.002)
+        got = await chats(bob, 35, timeout=8.0)
+        assert [m["offset"] for m in got] == list(range(6, 41))
+        assert [m["data"]["msg"] for m in got] == [f"m{i}" for i in range(5, 40)]
+        await expect_silence(bob, 0.3)
+        assert (await chats(alice, 40))[-1]["offset"] == 40
+        await alice.close()
+        await bob.close()
+    asyncio.run(main())
+    store = b.tenant("acme").history
+    assert store.gaps["repaired"] >= 1 and store.gaps["lost"] == 0
+
+
+def kill_subscriber(redis, node):
+    """Cut one node's subscriber link (its command link stays)."""
+    name = f"name=wsprism:{node}:sub"
+    for line in redis.cmd("CLIENT", "LIST").splitlines():
+        if name in line.split():
+            cid = line.split()[0].partition("=")[2]
+            assert redis.cmd("CLIENT", "KILL", "ID", cid) == 1
+            return
+    raise AssertionError(f"no subscriber link for node {node}")

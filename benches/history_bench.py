@@ -1,7 +1,7 @@
 """History (SPEC 13, issue 12) measured on a spawned gateway, over real sockets.
 
     python benches/history_bench.py chat   [--repeat 5] [-- <wsprism bench chat arguments>]
-    python benches/history_bench.py join   [--joins 2000] [--behind 100] [--size 200]
+    python benches/history_bench.py join   [--joins 2000] [--behind 100] [--size 200] [--redis]
     python benches/history_bench.py memory [--rooms 1000] [--per-room 100] [--size 200]
 
 - chat: `wsprism bench chat` (default: a room of 1000, 1 sender at 20 msg/s, 5 s) on
@@ -15,7 +15,10 @@
   `since` (the same room, same run, in alternating blocks of 100) as the baseline.
   Latency: from the join written to `joined` read, on a raw socket (no client library
   in the way; reading the 100 messages in Python is part of it). Also server CPU per
-  join and leave. Goal: p99 ≤ 5 ms.
+  join and leave. Goal: p99 ≤ 5 ms. `--redis`: the same against a gateway with a
+  broker (a redis-server started here on a free port): history in Redis streams, so
+  each join runs the join script and, with `since`, the history read (the seeder
+  stays in the room, so a plain join needs no read). Goal: p99 ≤ 15 ms.
 - memory: `--rooms` rooms, each sent `--per-room` chat messages of about `--size` bytes
   (one member per room, history size = per-room); gateway RSS growth from the messages
   (after joining, before sending; to after), and `wsprism_history_bytes`. Goal: ≤ 30 MiB
@@ -147,11 +150,30 @@ def chat(args) -> int:
 # -- join with since ---------------------------------------------------------------------------
 
 def join(args) -> int:
-    target = spawn(ON)
+    if not args.redis:
+        target = spawn(ON)
+        try:
+            return asyncio.run(_join(target, args))
+        finally:
+            target.stop()
+    import yaml
+
+    from tests.redisproc import RedisProc
+
+    redis = RedisProc()
+    data = yaml.safe_load(ON.read_text())
+    data["broker"] = {"url": redis.url, "prefix": "hb"}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(data, f)
     try:
-        return asyncio.run(_join(target, args))
+        target = spawn(Path(f.name))
+        try:
+            return asyncio.run(_join(target, args))
+        finally:
+            target.stop()
     finally:
-        target.stop()
+        redis.stop()
+        os.unlink(f.name)
 
 
 async def _join(target, args) -> int:
@@ -251,6 +273,7 @@ def main(argv=None) -> int:
     b.add_argument("--joins", type=int, default=2000)
     b.add_argument("--behind", type=int, default=100)
     b.add_argument("--size", type=int, default=200)
+    b.add_argument("--redis", action="store_true", help="with a broker: history in Redis")
     m = sub.add_parser("memory")
     m.add_argument("--rooms", type=int, default=1000)
     m.add_argument("--per-room", type=int, default=100)

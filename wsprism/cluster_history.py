@@ -428,8 +428,10 @@ class RedisHistoryStore:
         return False                    # Redis expires the streams and metas
 
     def clear(self) -> None:
+        """History turned off (a reload): the joins waiting on a read are woken, see the
+        store replaced and go live unrecovered (core/recovery.py); Redis expires the rest."""
         for feed in self.feeds.values():
             for cursor in list(feed.cursors):
-                cursor.abort()
+                cursor._wake()
         self.feeds.clear()
 

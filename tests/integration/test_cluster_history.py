@@ -269,3 +269,90 @@ def kill_subscriber(redis, node):
             assert redis.cmd("CLIENT", "KILL", "ID", cid) == 1
             return
     raise AssertionError(f"no subscriber link for node {node}")
+
+
+def test_live_traffic_during_cross_node_joins_arrives_once_in_order(gateway_factory, redis_server):
+    """While node A publishes without pause, sessions join on node B with `since`: each
+    gets every offset after its `since` exactly once, in order, the replay before
+    `joined` and the rest live after it (the read and the feed merged by offset)."""
+    a, b = pair(gateway_factory, redis_server.url, "ch6")
+    total = 300
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        watcher, _ = await connect_authed(b.url(ticket="dev:watcher"))    # B follows the room
+        _, j = await joined_now(alice, "busy")
+        epoch = j["data"]["epoch"]
+        await joined_now(watcher, "busy")
+
+        async def talk():
+            for i in range(total):
+                await send_json(alice, chat("busy", f"m{i}"))
+                await asyncio.sleep(0.005)
+
+        talker = asyncio.create_task(talk())
+        seen = 0
+        joiners = []
+        for k in range(6):
+            while seen < 30 * (k + 1):                    # let the room move on
+                seen = (await chats(watcher, 1))[0]["offset"]
+            ws, _ = await connect_authed(b.url(ticket=f"dev:joiner{k}"))
+            since = max(0, seen - 15)
+            before, joined = await joined_now(ws, "busy", {"offset": since, "epoch": epoch})
+            assert joined["data"]["recovered"] is True and joined["data"]["epoch"] == epoch
+            top = joined["data"]["offset"]
+            assert [m["offset"] for m in before] == list(range(since + 1, top + 1))
+            joiners.append((ws, top))
+        await talker
+        for ws, top in joiners:                           # then live, each offset once
+            rest = await chats(ws, total - top, timeout=8.0)
+            assert [m["offset"] for m in rest] == list(range(top + 1, total + 1))
+            await expect_silence(ws, 0.05)
+            await ws.close()
+        for ws in (alice, watcher):
+            await ws.close()
+    asyncio.run(main())
+
+
+def test_redis_lost_then_restarted_empty(gateway_factory, redis_factory):
+    """Broker down: publishes are delivered on their node, unnumbered; a join with `since`
+    answers unrecovered from what the node knows. Redis back empty: the room's history
+    is gone, a new epoch starts at offset 1 on every node."""
+    r = redis_factory()
+    a, b = pair(gateway_factory, r.url, "ch7")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        _, j = await joined_now(alice, "x")
+        await joined_now(bob, "x")
+        epoch = j["data"]["epoch"]
+        for i in range(3):
+            await send_json(alice, chat("x", f"m{i}"))
+        for ws in (alice, bob):
+            assert [m["offset"] for m in await chats(ws, 3)] == [1, 2, 3]
+        r.kill()
+        wait(lambda: not a.gw.cluster.up and not b.gw.cluster.up)
+        await send_json(alice, chat("x", "during"))
+        (during,) = await chats(alice, 1)
+        assert during["data"]["msg"] == "during" and "offset" not in during and "epoch" not in during
+        await expect_silence(bob, 0.2)                      # the other node never hears it
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        before, joined = await joined_now(carol, "x", {"offset": 1, "epoch": epoch})
+        assert before == [] and joined["data"] == {"offset": 3, "epoch": epoch, "recovered": False}
+        r.start()
+        wait(lambda: a.gw.cluster.up and b.gw.cluster.up)
+        await asyncio.sleep(0.2)
+        await send_json(alice, chat("x", "after"))
+        for ws in (alice, bob, carol):
+            (m,) = await chats(ws, 1)
+            assert m["data"]["msg"] == "after" and m["offset"] == 1 and m["epoch"] != epoch
+        new = m["epoch"]
+        dave, _ = await connect_authed(a.url(ticket="dev:dave"))
+        before, joined = await joined_now(dave, "x", {"offset": 3, "epoch": epoch})
+        assert joined["data"] == {"offset": 1, "epoch": new, "recovered": False}
+        assert [m["offset"] for m in before] == [1]
+        for ws in (alice, bob, carol, dave):
+            await ws.close()
+    asyncio.run(main())
+    assert b.tenant("acme").history.outcomes["unavailable"] == 1

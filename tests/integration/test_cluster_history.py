@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.client import connect_authed, expect_silence, recv_json, send_json
+from tests.integration.backend_app import sample, scrape
 
 KEY = "cluster-history-api-key-0123456789ab"
 ENV = "WSPRISM_CLUSTER_HISTORY_KEY"
@@ -256,8 +257,46 @@ def test_a_node_that_missed_broker_messages_repairs_the_gap(gateway_factory, red
         await alice.close()
         await bob.close()
     asyncio.run(main())
-    store = b.tenant("acme").history
-    assert store.gaps["repaired"] >= 1 and store.gaps["lost"] == 0
+    m = scrape(b)
+    assert sample(m, "wsprism_history_gaps_total", tenant="acme", outcome="repaired") >= 1
+    assert sample(m, "wsprism_history_gaps_total", tenant="acme", outcome="lost") == 0
+    assert sample(m, "wsprism_history_unnumbered_total", tenant="acme") == 0
+
+
+def test_a_gap_larger_than_the_history_is_a_reported_jump(gateway_factory, redis_server):
+    """The stream holds `size` messages: a node that missed more (its feed blinded here
+    by dropping the room's channel from its table) sees the gap at the next message,
+    delivers the newest the stream holds (a jump its members can see), counts the loss,
+    and a join with `since` from before it hears `recovered: false`."""
+    a, b = pair(gateway_factory, redis_server.url, "ch8", size=5)
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        _, j = await joined_now(alice, "g")
+        await joined_now(bob, "g")
+        epoch = j["data"]["epoch"]
+        await send_json(alice, chat("g", "m0"))
+        assert [m["offset"] for m in await chats(bob, 1)] == [1]
+        broker = b.gw.cluster.broker
+        channel = broker.room_channel("acme", "g")
+        target = b.call(lambda: broker.targets.pop(channel))       # B misses what follows ...
+        for i in range(1, 20):
+            await send_json(alice, chat("g", f"m{i}"))
+        assert (await chats(alice, 20))[-1]["offset"] == 20
+        b.call(lambda: broker.targets.__setitem__(channel, target))
+        await send_json(alice, chat("g", "m20"))                    # ... and sees offset 21 after 1
+        got = await chats(bob, 5, timeout=8.0)
+        assert [m["offset"] for m in got] == [17, 18, 19, 20, 21]  # the newest 5 the stream held
+        await expect_silence(bob, 0.3)
+        bob2, _ = await connect_authed(b.url(ticket="dev:bob2"))
+        before, joined = await joined_now(bob2, "g", {"offset": 1, "epoch": epoch})
+        assert joined["data"] == {"offset": 21, "epoch": epoch, "recovered": False}
+        assert [m["offset"] for m in before] == [17, 18, 19, 20, 21]
+        for ws in (alice, bob, bob2):
+            await ws.close()
+    asyncio.run(main())
+    assert sample(scrape(b), "wsprism_history_gaps_total", tenant="acme", outcome="lost") == 1
 
 
 def kill_subscriber(redis, node):
@@ -356,3 +395,19 @@ def test_redis_lost_then_restarted_empty(gateway_factory, redis_factory):
             await ws.close()
     asyncio.run(main())
     assert b.tenant("acme").history.outcomes["unavailable"] == 1
+
+
+def test_bad_since_with_a_broker_is_bad_request_and_the_session_stays(gateway_factory, redis_server):
+    a, _ = pair(gateway_factory, redis_server.url, "ch9")
+
+    async def main():
+        ws, _ = await connect_authed(a.url(ticket="dev:alice"))
+        for since in ("17", {"offset": -1, "epoch": "e"}, {"offset": 1.5, "epoch": "e"},
+                      {"offset": 2**64, "epoch": "e"}, {"offset": 1, "epoch": 5}):
+            await send_json(ws, join_msg("b", since))
+            m = await recv_json(ws)
+            assert m["svc"] == "sys" and m["type"] == "error" and m["data"]["code"] == "BAD_REQUEST", m
+        _, joined = await joined_now(ws, "b")                        # still there
+        assert joined["data"]["offset"] == 0
+        await ws.close()
+    asyncio.run(main())

@@ -26,8 +26,8 @@ tables and delivers here at once; the cluster carries publishes to the other nod
 exact across nodes: an admission (`admit` answers None, the cluster opens or refuses
 the session later) and a user's first session on this node in a room (`join` hands it
 to the cluster, which calls `enter` once Redis admitted it: between the limits and the
-replay). The server API's `*_counted`, `presence_everywhere` and `totals` await Redis
-for figures over every node.
+replay). The server API's `*_counted`, `remote_sessions`, `presence_everywhere` and
+`totals` await Redis for figures over every node.
 
 The tenant is assembled beside the gateway (wsprism/assembly.py), which fills in what
 the core is handed: the lane policy's entries, the dispatcher's handler table, the
@@ -92,7 +92,7 @@ class ClusterSeam(Protocol):
     def session_gone(self, session) -> None: ...
     def join(self, session, room: str, since, answer) -> None: ...  # Redis admits it, then tenant.enter
     def entered(self, session, room, first_of_user: bool) -> None: ...
-    def left(self, session, room, gone_here: bool) -> None: ...
+    def left(self, session, room, gone_here: bool, announce: bool) -> None: ...
     def publish(self, tenant, name: str, room, frame: bytes, lossy: bool) -> None: ...
     def to_user(self, tenant, user: str, frame: bytes) -> None: ...
     async def to_user_counted(self, tenant, user: str, frame: bytes) -> int: ...
@@ -349,7 +349,6 @@ class Tenant:
             if found is not None:
                 return found
         return self.sessions.count, len(self.rooms.rooms), self.sessions.users
-
 
     # -- delivery ------------------------------------------------------------------------
     def publish(self, room: str, svc: str, type_: str, data: Any = _UNSET) -> int:

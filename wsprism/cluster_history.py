@@ -354,8 +354,8 @@ class RedisHistoryStore:
             for cursor in list(feed.cursors):
                 for i, frame in enumerate(frames):
                     cursor.live(first + i, frame)
-                if cursor.done:
-                    cursor._wake()
+                if cursor.ready:
+                    cursor._wake()      # more to hand out, or done
 
     def _repair(self, room: str, feed: Feed) -> None:
         """Read what followed the feed's `last` from the stream."""

@@ -29,14 +29,14 @@ tenants:
       ext_allowlist: ["room:*", "chat:send", "sys:*"]
       rate_limit_rps: 100000
       rate_limit_burst: 100000
-      history: {{size: {size}, ttl_ms: 60000}}
+      history: {{size: {size}, ttl_ms: {ttl}}}
 """ % ENV
 
 
-def pair(gateway_factory, url, prefix, size=100):
+def pair(gateway_factory, url, prefix, size=100, ttl=60000):
     os.environ[ENV] = KEY
     try:
-        out = [gateway_factory(YAML.format(url=url, prefix=prefix, size=size)) for _ in range(2)]
+        out = [gateway_factory(YAML.format(url=url, prefix=prefix, size=size, ttl=ttl)) for _ in range(2)]
     finally:
         del os.environ[ENV]
     wait(lambda: all(g.gw.cluster.up for g in out))
@@ -190,6 +190,43 @@ def test_history_outlives_members_and_is_trimmed_by_size(gateway_factory, redis_
         assert [m["offset"] for m in before] == list(range(16, 26))                  # the newest `size`
         await bob.close()
         await carol.close()
+    asyncio.run(main())
+    # in Redis: a stream bounded by size, expiring ttl_ms after its newest message; the
+    # record of epoch and top kept longer (max(ttl_ms, 24 h))
+    assert redis_server.cmd("XLEN", "ch3:{acme}:hs:t") == 10
+    assert 50_000 < redis_server.cmd("PTTL", "ch3:{acme}:hs:t") <= 60_000
+    assert redis_server.cmd("HGET", "ch3:{acme}:hm:t", "s") == "25"
+    assert redis_server.cmd("PTTL", "ch3:{acme}:hm:t") > 23 * 3600 * 1000
+
+
+def test_ttl_applies_to_each_message_and_the_epoch_outlives_them(gateway_factory, redis_server):
+    a, b = pair(gateway_factory, redis_server.url, "ch10", ttl=1000)
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        _, j = await joined_now(alice, "old")
+        epoch = j["data"]["epoch"]
+        for i in range(3):
+            await send_json(alice, chat("old", f"m{i}"))
+        await chats(alice, 3)
+        await asyncio.sleep(0.6)
+        await send_json(alice, chat("old", "m3"))
+        await chats(alice, 1)
+        await asyncio.sleep(0.6)                             # m0..m2 are older than ttl_ms, m3 is not
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        before, joined = await joined_now(bob, "old", {"offset": 1, "epoch": epoch})
+        assert joined["data"] == {"offset": 4, "epoch": epoch, "recovered": False}
+        assert [m["offset"] for m in before] == [4]
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        before, joined = await joined_now(carol, "old", {"offset": 3, "epoch": epoch})
+        assert joined["data"] == {"offset": 4, "epoch": epoch, "recovered": True}
+        assert [m["offset"] for m in before] == [4]
+        await asyncio.sleep(1.1)                             # all expired: the epoch stays
+        dave, _ = await connect_authed(b.url(ticket="dev:dave"))
+        before, joined = await joined_now(dave, "old", {"offset": 4, "epoch": epoch})
+        assert before == [] and joined["data"] == {"offset": 4, "epoch": epoch, "recovered": True}
+        for ws in (alice, bob, carol, dave):
+            await ws.close()
     asyncio.run(main())
 
 

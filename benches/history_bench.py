@@ -1,6 +1,6 @@
 """History (SPEC 13, issue 12) measured on a spawned gateway, over real sockets.
 
-    python benches/history_bench.py chat   [--repeat 5] [-- <wsprism bench chat arguments>]
+    python benches/history_bench.py chat   [--repeat 5] [--redis] [-- <wsprism bench chat arguments>]
     python benches/history_bench.py join   [--joins 2000] [--behind 100] [--size 200] [--redis]
     python benches/history_bench.py memory [--rooms 1000] [--per-room 100] [--size 200]
 
@@ -8,7 +8,10 @@
   benches/configs/bench.yaml (history off) and benches/configs/bench-history.yaml (on),
   alternated run by run, so a drift of the machine hits both alike. Prints each run,
   then per config the median and min-max of server CPU per delivery and of p99, and
-  the on/off ratio of the medians (goal: CPU ≤ 1.1×).
+  the on/off ratio of the medians (goal: CPU ≤ 1.1×). `--redis`: both with a broker (a
+  redis-server started here), one node: history off, the room is on this node only and
+  costs Redis nothing; on, every message goes through the room's history step in Redis
+  and comes back on the feed before it is delivered.
 - join: a room holding more than `--behind` messages of about `--size` bytes (as
   delivered); one client joins with `since` = newest − behind, reads the replay up to
   `joined`, leaves, and again (`--joins` times), alternating with joins without
@@ -115,12 +118,36 @@ def pct(values: list[float], q: float) -> float:
 
 # -- chat: history off vs on, alternated -------------------------------------------------------
 
+def with_broker(config: Path, url: str, tmp: str) -> Path:
+    """A copy of `config` with `broker: {url}` (history, if on, then lives in Redis)."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["broker"] = {"url": url, "prefix": "hb"}
+    out = Path(tmp) / f"broker-{config.name}"
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
 def chat(args) -> int:
+    if not args.redis:
+        return _chat(args, OFF, ON)
+    from tests.redisproc import RedisProc
+
+    redis = RedisProc()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _chat(args, with_broker(OFF, redis.url, tmp), with_broker(ON, redis.url, tmp))
+    finally:
+        redis.stop()
+
+
+def _chat(args, off: Path, on: Path) -> int:
     bench = args.bench or ["--conns", "1000", "--rate", "20", "--duration", "5"]
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeat):
-            for name, cfg in (("off", OFF), ("on", ON)) if rep % 2 == 0 else (("on", ON), ("off", OFF)):
+            for name, cfg in (("off", off), ("on", on)) if rep % 2 == 0 else (("on", on), ("off", off)):
                 out = Path(tmp) / f"{name}-{rep}.jsonl"
                 cmd = [sys.executable, "-m", "wsprism", "bench", "chat", *bench, "--spawn", str(cfg),
                        "--repeat", "1", "--json", str(out), "--quiet"]
@@ -268,6 +295,7 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="what", required=True)
     a = sub.add_parser("chat")
     a.add_argument("--repeat", type=int, default=5)
+    a.add_argument("--redis", action="store_true", help="both configs with a broker (history in Redis when on)")
     a.add_argument("bench", nargs=argparse.REMAINDER)
     b = sub.add_parser("join")
     b.add_argument("--joins", type=int, default=2000)

@@ -23,9 +23,9 @@ import logging
 
 from ._fast import N_HOT_SERVICES
 from .auth import make_authenticator
+from .cluster_history import RedisHistoryStore
 from .core.dispatcher import Dispatcher, HandlerTable
 from .core.envelope import encode_error
-from .cluster_history import RedisHistoryStore
 from .core.history import HistoryStore
 from .core.tenant import Tenant
 from .policy.allowlist import ExtAllowlist, HotAllowlist

@@ -244,10 +244,10 @@ class RedisHistoryStore:
         return first + index, epoch
 
     def published(self, room: str):
+        """The position of the message just published (awaitable), or None: published
+        while the broker was down, it has none."""
         queued = self.last_queued
-        if queued is None:
-            return self.position(room)
-        return self._published(queued)
+        return None if queued is None else self._published(queued)
 
     def unnumbered_lost(self, room: str, payloads: list) -> None:
         """History messages the broker could not send (it went down first): delivered

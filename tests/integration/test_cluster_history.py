@@ -416,6 +416,14 @@ def test_redis_lost_then_restarted_empty(gateway_factory, redis_factory):
         carol, _ = await connect_authed(b.url(ticket="dev:carol"))
         before, joined = await joined_now(carol, "x", {"offset": 1, "epoch": epoch})
         assert before == [] and joined["data"] == {"offset": 3, "epoch": epoch, "recovered": False}
+        # the server API: a publish has no position; the history cannot be read
+        status, out = await asyncio.to_thread(api, a, "POST", "/v1/publish",
+                                              {"tenant": "acme", "room": "x", "svc": "svc", "type": "t"})
+        assert status == 200 and "offset" not in out and "epoch" not in out, out
+        (pushed,) = [m for m in [await recv_json(alice)] if m["svc"] == "svc"]
+        assert "offset" not in pushed
+        status, out = await asyncio.to_thread(api, a, "GET", "/v1/history?tenant=acme&room=x&since=0")
+        assert status == 503 and out == {"error": "history is unavailable: the broker is down"}, out
         r.start()
         wait(lambda: a.gw.cluster.up and b.gw.cluster.up)
         await asyncio.sleep(0.2)

@@ -52,22 +52,21 @@ the session live. No message is missed, none is sent twice, and order is by offs
 - If the ring trims messages the cursor has not reached yet (a very slow reader in a
   busy room), the cursor jumps to the oldest message still held and the replay
   reports `recovered: false`: a loss is always reported.
-- With Redis (the broker's streams), one atomic step per publish assigns the offset,
-  appends to the room's stream (XADD with MAXLEN size) and publishes the positioned
-  frame, so the broker's order on a room's channel is the offset order, for every
-  node alike. A node delivers a history room's messages in that order, its own
-  publishes included (they come back from the broker rather than going out locally
-  first), and keeps, per room it holds, the newest offset it has delivered. The
-  joining session's cursor reads with XRANGE from its next offset; the node
-  subscribes to the room's channel before the first read, so anything published
-  after a read is on the channel; entries at or below the cursor are skipped by
-  offset. The session goes live in the turn where its cursor equals the node's newest
-  delivered offset for the room; until then the node reads again. A channel message
-  whose offset is not newest + 1 is a gap (missed while the broker link was down):
-  the node holds newer messages, fills the gap from the stream for all its members of
-  that room, then delivers in order. A gap the stream no longer covers shows as a
-  jump in offsets, which a client can see (and re-join with `since` to hear
-  `recovered: false`).
+- With Redis (the broker's streams, wsprism/cluster_history.py), one atomic step per
+  publish assigns the offset, appends to the room's stream (XADD with MAXLEN size) and
+  publishes the positioned messages, so the broker's order on a room's channel is the
+  offset order, for every node alike. A node delivers a history room's messages in
+  that order, its own publishes included (they come back from the broker rather than
+  going out locally first), and keeps, per room it holds, the newest offset it has
+  delivered. A joining session's cursor reads the room's position and the messages
+  after `since` in one script, the room's channel being subscribed first; what the
+  node delivers live meanwhile is appended to the cursor, so read and live traffic
+  merge by offset, and the session goes live once its cursor reaches the node's newest
+  delivered offset. A channel message whose offset is not newest + 1 is a gap (missed
+  while the broker link was down): the node holds newer messages, fills the gap from
+  the stream for all its members of that room, then delivers in order. A gap the
+  stream no longer covers shows as a jump in offsets, which a client can see (and
+  re-join with `since` to hear `recovered: false`).
 """
 from array import array
 from collections import OrderedDict

@@ -18,7 +18,11 @@ With `policy.history` the tenant holds a history store (core/history.py `Store`)
                (core/recovery.py; the session is joining, not live, meanwhile) ->
                live -> `joined` with the room's position -> hooks and `user_joined`
 
-Presence events and Hot Lane frames never go through the store.
+Presence events and Hot Lane frames never go through the store. With a broker the store
+is in Redis (wsprism/cluster_history.py, `remote`): `publish` hands the message to the
+broker's history step and returns no frame (this node's members get it from the
+broker's feed, numbered, like every other node's), and every join is a replay, since
+even the room's position is read from Redis unless this node already follows the room.
 
 With a broker (`cluster` set), every call still answers at once from this node's
 tables and delivers here at once; the cluster carries publishes to the other nodes
@@ -367,8 +371,10 @@ class Tenant:
         else:
             frame = history.publish(room, *encode_room_parts(svc, type_, room, data))
             r = self.rooms.get(room)
-            if frame is None:       # numbered by the broker's history step: every node, this one
-                return 0 if r is None else len(r.members) + len(r.joining)   # too, delivers it from its feed
+            if frame is None:
+                # numbered by the broker's history step: every node, this one too,
+                # delivers it from its feed, in offset order (wsprism/cluster_history.py)
+                return 0 if r is None else len(r.members) + len(r.joining)
         n = 0
         if r is not None:
             members = r.members

@@ -29,8 +29,8 @@ import hmac
 import logging
 import os
 import re
-from inspect import isawaitable
 from importlib.resources import files
+from inspect import isawaitable
 from typing import Annotated
 
 import msgspec

@@ -1,6 +1,6 @@
 """Room history with a broker (SPEC 11 + 13): one tenant's history in Redis streams,
 shared by every node. Implements core/history.py's `Store` for the tenant; the broker
-(broker/redis.py, lua/hist_publish.lua, lua/hist_read.lua) carries it.
+(broker/redis.py `publish_numbered`, `history_read`; lua/hist_publish.lua) carries it.
 
 Publishing. `publish` hands the encoded message (without its position) to the broker,
 which sends every history message of one room in one loop turn in one script: it takes
@@ -18,7 +18,7 @@ Feeds. Per room with members here, a `Feed` keeps the newest offset this node ha
 delivered to its live members (`last`) and the room's epoch. A numbered message is
 delivered when its offset is `last + 1`; older ones are skipped (already delivered); a
 newer one is a gap (missed while the subscriber link was down): it and what follows are
-held while one read (`hist_read`) fetches the missing offsets from the stream, then all
+held while one read (`history_read`) fetches the missing offsets from the stream, then all
 are delivered in order: the gap is repaired for every member here, nobody is
 disconnected. A gap the stream no longer covers (trimmed by size or ttl) is delivered as
 a jump in offsets and counted (`gaps` "lost"): a client that re-joins with `since`
@@ -28,7 +28,8 @@ room's meta was lost: a Redis restarted empty, or expired) restarts the feed the
 
 Joins. Every join of a history room is a replay (core/recovery.py `JoinRun`; the session
 is joining, not live): the cursor reads the room's position and, with `since`, the
-messages after it, in one script. When this node already follows the room and `since`
+messages after it, in one MULTI/EXEC (a second read from the oldest held when `since`
+is of another epoch or ahead). When this node already follows the room and `since`
 is its newest offset (or there is no `since`), the cursor is done at once, no round
 trip. While the read is on its way, the feed keeps delivering to the live members and
 appends each delivered message to the cursor's tail; the read's messages and the tail,
@@ -49,13 +50,33 @@ replay) and an epoch survives its messages expiring (centrifugo#230).
 import asyncio
 
 from ._fast import OP_TEXT, broadcast, build_frame
+from .broker import BrokerError
 from .broker.wire import numbered_parts
 from .core.history import (
-    ABORTED, OUTCOMES, RECOVERED, TRIMMED, UNAVAILABLE, HistoryUnavailable, decide,
+    ABORTED, OUTCOMES, RECOVERED, TRIMMED, U64_MAX, UNAVAILABLE, HistoryUnavailable, decide,
 )
 
 META_TTL_MS = 24 * 3600 * 1000   # a room's epoch and top are kept this long after its last use
 PENDING_MAX = 100_000            # messages a feed holds while its gap is read (then it resets)
+
+
+def read_answer(reply, ttl_ms: int) -> tuple[int, str, list, list]:
+    """The answer of `RedisBroker.history_read` -> (top, epoch, offsets, messages), the
+    messages older than ttl_ms left out (a prefix: the stream is in publish order)."""
+    created, meta = reply[0], reply[3]
+    epoch, top = meta[0].decode(), int(meta[1])
+    if len(reply) < 6 or created:           # a record made now: nothing of it is held yet
+        return top, epoch, [], []
+    entries, (sec, usec) = reply[4], reply[5]
+    cutoff = int(sec) * 1000 + int(usec) // 1000 - ttl_ms
+    for k, (_, fields) in enumerate(entries):      # fields: [b"t", ms, b"d", message]
+        if int(fields[1]) > cutoff:
+            break
+    else:
+        return top, epoch, [], []
+    if k:
+        entries = entries[k:]
+    return top, epoch, [int(e[0].partition(b"-")[0]) for e in entries], [e[1][3] for e in entries]
 
 
 class Feed:
@@ -161,17 +182,13 @@ class RedisCursor:
             self._merge_tail()
             self._wake()
             return
-        top, epoch, *flat = fut.result()
-        epoch = epoch.decode() if type(epoch) is bytes else epoch
+        top, epoch, offsets, messages = fut.result()
         self.store.adopt(feed, top, epoch)
-        offsets = flat[0::2]
         first = offsets[0] if offsets else top + 1
         since = self.since
         if since is not None:
-            start, self.outcome = decide(since.offset, since.epoch, epoch, top, first)
-        frames = self.frames
-        for d in flat[1::2]:
-            frames.append(build_frame(OP_TEXT, d))
+            _, self.outcome = decide(since.offset, since.epoch, epoch, top, first)
+        self.frames.extend([build_frame(OP_TEXT, d) for d in messages])
         self.upto = top
         self.epoch = epoch
         self.ready = True
@@ -280,16 +297,34 @@ class RedisHistoryStore:
                 since is None or (since.epoch == feed.epoch and since.offset == feed.last)):
             cursor.settle(feed.last, feed.epoch, RECOVERED)        # nothing to read: live now
             return cursor
-        fut = self._read(room, since.offset if since is not None else 0,
-                         since.epoch if since is not None else "", self.size if since is not None else 0)
-        if fut is None:                                              # broker down
+        if not self.broker.linked:                                   # broker down
             cursor.settle(feed.last or 0, feed.epoch or "", UNAVAILABLE)
+            return cursor
+        if since is None:
+            fut = asyncio.ensure_future(self._read(room, 0, "", 0))
         else:
-            fut.add_done_callback(cursor.answered)
+            fut = asyncio.ensure_future(self._read(room, since.offset, since.epoch, self.size))
+        fut.add_done_callback(cursor.answered)
         return cursor
 
-    def _read(self, room: str, since: int, epoch: str, limit: int):
-        return self.broker.history_read(self.prefix, room, since, epoch, limit, self.ttl_ms, self.meta_ttl_ms)
+    async def _read(self, room: str, since: int, epoch: str, limit: int) -> tuple[int, str, list, list]:
+        """(top, epoch, offsets, messages) of the room: the messages after `since` when
+        `epoch` is the room's (or ''), else (another epoch, or `since` ahead) the oldest
+        held on; at most `limit`. HistoryUnavailable when Redis cannot be read."""
+        broker = self.broker
+        fut = broker.history_read(self.prefix, room, "%d-0" % min(since + 1, U64_MAX), limit, self.meta_ttl_ms)
+        if fut is None:
+            raise HistoryUnavailable("the broker is down")
+        try:
+            found = read_answer(await fut, self.ttl_ms)
+            if limit and ((epoch and epoch != found[1]) or since > found[0]):
+                fut = broker.history_read(self.prefix, room, "-", limit, self.meta_ttl_ms)
+                if fut is None:
+                    raise HistoryUnavailable("the broker is down")
+                found = read_answer(await fut, self.ttl_ms)
+        except BrokerError as exc:
+            raise HistoryUnavailable(str(exc)) from None
+        return found
 
     def adopt(self, feed: Feed, top: int, epoch: str) -> None:
         """A read's answer: a feed that did not know its position (or had another
@@ -300,18 +335,10 @@ class RedisHistoryStore:
             self._drain(feed, pending)
 
     async def read(self, room: str, since: int, epoch: str | None, limit: int) -> tuple[str, int, list, bool]:
-        fut = self._read(room, since, epoch or "", limit)
-        if fut is None:
-            raise HistoryUnavailable("the broker is down")
-        try:
-            top, room_epoch, *flat = await fut
-        except Exception as exc:
-            raise HistoryUnavailable(str(exc)) from None
-        room_epoch = room_epoch.decode() if type(room_epoch) is bytes else room_epoch
-        offsets = flat[0::2]
+        top, room_epoch, offsets, messages = await self._read(room, since, epoch or "", limit)
         first = offsets[0] if offsets else top + 1
         _, outcome = decide(since, room_epoch if epoch is None else epoch, room_epoch, top, first)
-        return room_epoch, top, flat[1::2], outcome == RECOVERED
+        return room_epoch, top, messages, outcome == RECOVERED
 
     # -- the feed -----------------------------------------------------------------------
     def on_feed(self, room: str, data: bytes) -> None:
@@ -359,10 +386,10 @@ class RedisHistoryStore:
 
     def _repair(self, room: str, feed: Feed) -> None:
         """Read what followed the feed's `last` from the stream."""
-        fut = self._read(room, feed.last, feed.epoch or "", self.size)
-        if fut is None:
+        if not self.broker.linked:
             return                      # down: the reconnect repairs it
         feed.repairing = True
+        fut = asyncio.ensure_future(self._read(room, feed.last, feed.epoch or "", self.size))
         fut.add_done_callback(lambda f: self._repaired(room, feed, f))
 
     def _repaired(self, room: str, feed: Feed, fut) -> None:
@@ -371,16 +398,13 @@ class RedisHistoryStore:
             return                      # the room emptied meanwhile
         if fut.cancelled() or fut.exception() is not None:
             return                      # the link went: repaired after the reconnect
-        top, epoch, *flat = fut.result()
-        epoch = epoch.decode() if type(epoch) is bytes else epoch
+        top, epoch, offsets, messages = fut.result()
         if epoch != feed.epoch or feed.last is None:
             if epoch != feed.epoch:
                 feed.pending = {}       # held messages of the old epoch
             feed.epoch = epoch
             feed.last = top if feed.last is None else 0
-        read = {}
-        for i in range(0, len(flat), 2):
-            read[flat[i]] = build_frame(OP_TEXT, flat[i + 1])
+        read = {o: build_frame(OP_TEXT, d) for o, d in zip(offsets, messages)}
         pending, feed.pending = feed.pending, {}
         read.update({o: f for o, f in pending.items() if o not in read})
         if not read and top > feed.last:

@@ -6,13 +6,13 @@ missed broker messages during an outage repairs the gap for its members. Two gat
 import asyncio
 import json
 import os
-import time
 
 import aiohttp
-import pytest
 
 from tests.client import connect_authed, expect_silence, recv_json, send_json
 from tests.integration.backend_app import sample, scrape
+from tests.integration.test_cluster_rooms import wait
+from tests.integration.test_history import chat, join_msg, until_joined
 
 KEY = "cluster-history-api-key-0123456789ab"
 ENV = "WSPRISM_CLUSTER_HISTORY_KEY"
@@ -41,34 +41,6 @@ def pair(gateway_factory, url, prefix, size=100, ttl=60000):
         del os.environ[ENV]
     wait(lambda: all(g.gw.cluster.up for g in out))
     return out
-
-
-def wait(pred, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-def join_msg(room, since=None):
-    env = {"v": 1, "svc": "room", "type": "join", "room": room}
-    if since is not None:
-        env["data"] = {"since": since}
-    return env
-
-
-def chat(room, msg):
-    return {"v": 1, "svc": "chat", "type": "send", "room": room, "data": {"msg": msg}}
-
-
-async def until_joined(ws, timeout=3.0):
-    """(room messages before `joined`, `joined`)."""
-    before = []
-    while True:
-        m = await recv_json(ws, timeout)
-        if m["svc"] == "sys" and m["type"] == "joined":
-            return before, m
-        before.append(m)
 
 
 async def joined_now(ws, room, since=None):

@@ -843,12 +843,35 @@ class RedisBroker:
         parts = run.parts
         self.host.on_unnumbered(target, [parts[i] + parts[i + 1] for i in range(0, len(parts), 2)])
 
-    def history_read(self, prefix: str, room: str, since: int, epoch: str, limit: int, ttl_ms: int,
-                     meta_ttl_ms: int) -> asyncio.Future | None:
-        """The room's (top, epoch, offset, message, ...) after `since` (lua/hist_read.lua);
-        None when down. Sent after this turn's history steps, so it sees them."""
-        return self.script_call("hist_read", prefix, room, since, epoch, limit, ttl_ms, meta_ttl_ms,
-                                secrets.token_urlsafe(9))
+    @property
+    def linked(self) -> bool:
+        """The command link is there (UP or SYNCING): reads can be sent."""
+        return self.state != DOWN and self.cmd is not None
+
+    def history_read(self, prefix: str, room: str, start: str, limit: int, meta_ttl_ms: int) -> asyncio.Future | None:
+        """A room's history position and its messages from stream id `start` on (at most
+        `limit`), in one MULTI/EXEC, so both are of one moment: -> [created (1: the room
+        had no record, a new epoch starts), 0|1, 1, [epoch, top], entries (XRANGE: [id,
+        [b"t", ms, b"d", message]], ...; absent when `limit` is 0), [sec, usec] (Redis
+        TIME)]. Plain commands, no script: the XRANGE reply goes to us as Redis encodes
+        it (a Lua script would copy it into Lua tables and out again: measured 6-8x the
+        Redis time for 100 messages). Sent after this turn's history steps, so it sees
+        them; None when down."""
+        cmd = self.cmd
+        if self.state == DOWN or cmd is None:
+            return None
+        if self._packs_scheduled:
+            self._flush_packs()
+        meta, stream = prefix + "hm:" + room, prefix + "hs:" + room
+        cmd.send("MULTI")
+        cmd.send("HSETNX", meta, "e", secrets.token_urlsafe(9))
+        cmd.send("HSETNX", meta, "s", 0)
+        cmd.send("PEXPIRE", meta, meta_ttl_ms)
+        cmd.send("HMGET", meta, "e", "s")
+        if limit:
+            cmd.send("XRANGE", stream, start, "+", "COUNT", limit)
+        cmd.send("TIME")
+        return cmd.call("EXEC")
 
     def _flush_packs(self) -> None:
         self._packs_scheduled = False

@@ -60,23 +60,27 @@ META_TTL_MS = 24 * 3600 * 1000   # a room's epoch and top are kept this long aft
 PENDING_MAX = 100_000            # messages a feed holds while its gap is read (then it resets)
 
 
-def read_answer(reply, ttl_ms: int) -> tuple[int, str, list, list]:
-    """The answer of `RedisBroker.history_read` -> (top, epoch, offsets, messages), the
-    messages older than ttl_ms left out (a prefix: the stream is in publish order)."""
+def read_answer(reply, ttl_ms: int) -> tuple[int, str, int, list]:
+    """The answer of `RedisBroker.history_read` -> (top, epoch, first, messages): the
+    messages held from offset `first` on (top + 1 when none), those older than ttl_ms
+    left out (a prefix: the stream is in publish order). A stream's entries are
+    consecutive offsets (appended one by one, trimmed from the oldest, deleted whole on a
+    new epoch), so only the first id is read."""
     created, meta = reply[0], reply[3]
     epoch, top = meta[0].decode(), int(meta[1])
-    if len(reply) < 6 or created:           # a record made now: nothing of it is held yet
-        return top, epoch, [], []
+    if len(reply) < 6 or created or not reply[4]:     # a record made now holds nothing yet
+        return top, epoch, top + 1, []
     entries, (sec, usec) = reply[4], reply[5]
     cutoff = int(sec) * 1000 + int(usec) // 1000 - ttl_ms
-    for k, (_, fields) in enumerate(entries):      # fields: [b"t", ms, b"d", message]
+    k = 0
+    for _, fields in entries:                   # fields: [b"t", ms, b"d", message]
         if int(fields[1]) > cutoff:
             break
-    else:
-        return top, epoch, [], []
-    if k:
-        entries = entries[k:]
-    return top, epoch, [int(e[0].partition(b"-")[0]) for e in entries], [e[1][3] for e in entries]
+        k += 1
+    if k == len(entries):
+        return top, epoch, top + 1, []
+    first = int(entries[k][0].partition(b"-")[0])
+    return top, epoch, first, [e[1][3] for e in (entries[k:] if k else entries)]
 
 
 class Feed:
@@ -182,9 +186,8 @@ class RedisCursor:
             self._merge_tail()
             self._wake()
             return
-        top, epoch, offsets, messages = fut.result()
+        top, epoch, first, messages = fut.result()
         self.store.adopt(feed, top, epoch)
-        first = offsets[0] if offsets else top + 1
         since = self.since
         if since is not None:
             _, self.outcome = decide(since.offset, since.epoch, epoch, top, first)
@@ -307,8 +310,8 @@ class RedisHistoryStore:
         fut.add_done_callback(cursor.answered)
         return cursor
 
-    async def _read(self, room: str, since: int, epoch: str, limit: int) -> tuple[int, str, list, list]:
-        """(top, epoch, offsets, messages) of the room: the messages after `since` when
+    async def _read(self, room: str, since: int, epoch: str, limit: int) -> tuple[int, str, int, list]:
+        """(top, epoch, first offset, messages) of the room: the messages after `since` when
         `epoch` is the room's (or ''), else (another epoch, or `since` ahead) the oldest
         held on; at most `limit`. HistoryUnavailable when Redis cannot be read."""
         broker = self.broker
@@ -335,8 +338,7 @@ class RedisHistoryStore:
             self._drain(feed, pending)
 
     async def read(self, room: str, since: int, epoch: str | None, limit: int) -> tuple[str, int, list, bool]:
-        top, room_epoch, offsets, messages = await self._read(room, since, epoch or "", limit)
-        first = offsets[0] if offsets else top + 1
+        top, room_epoch, first, messages = await self._read(room, since, epoch or "", limit)
         _, outcome = decide(since, room_epoch if epoch is None else epoch, room_epoch, top, first)
         return room_epoch, top, messages, outcome == RECOVERED
 
@@ -398,13 +400,13 @@ class RedisHistoryStore:
             return                      # the room emptied meanwhile
         if fut.cancelled() or fut.exception() is not None:
             return                      # the link went: repaired after the reconnect
-        top, epoch, offsets, messages = fut.result()
+        top, epoch, first, messages = fut.result()
         if epoch != feed.epoch or feed.last is None:
             if epoch != feed.epoch:
                 feed.pending = {}       # held messages of the old epoch
             feed.epoch = epoch
             feed.last = top if feed.last is None else 0
-        read = {o: build_frame(OP_TEXT, d) for o, d in zip(offsets, messages)}
+        read = {first + i: build_frame(OP_TEXT, d) for i, d in enumerate(messages)}
         pending, feed.pending = feed.pending, {}
         read.update({o: f for o, f in pending.items() if o not in read})
         if not read and top > feed.last:

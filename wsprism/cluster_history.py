@@ -48,6 +48,7 @@ last publish or read, so a client that comes back to a quiet room recovers (noth
 replay) and an epoch survives its messages expiring (centrifugo#230).
 """
 import asyncio
+from itertools import accumulate
 
 from ._fast import OP_TEXT, broadcast, build_frame
 from .broker import BrokerError
@@ -129,15 +130,14 @@ class RedisCursor:
         frames, i = self.frames, self.index
         if i >= len(frames):
             return []
-        n = 0
-        j = i
-        while j < len(frames):
-            n += len(frames[j])
-            j += 1
-            if n >= max_bytes:
-                break
-        out = frames[i:j]
-        if j == len(frames):
+        out = frames[i:] if i else frames
+        if sum(map(len, out)) > max_bytes:
+            for k, nbytes in enumerate(accumulate(map(len, out))):
+                if nbytes >= max_bytes:
+                    out = out[:k + 1]
+                    break
+        j = i + len(out)
+        if j >= len(frames):
             self.frames, self.index = [], 0
         else:
             self.index = j

@@ -20,6 +20,7 @@ FAST_MODULES = {
     "hotheader_c": "hotheader_py.py",
     "fanout_c": "fanout_c.pyx",
     "framer_c": "framer_c.pyx",
+    "reader_c": "reader_c.pyx",
 }
 
 NO_EXTENSIONS = bool(os.environ.get("WSPRISM_NO_EXTENSIONS")) or platform.python_implementation() != "CPython"

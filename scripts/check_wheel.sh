@@ -11,7 +11,7 @@ pid=""
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 python -m pip wheel -q --no-deps . -w "$work/dist"
 wheel=$(ls "$work"/dist/wsprism-*.whl)
-python -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); sys.exit(not all(any(n.startswith(f'wsprism/_fast/{m}.') and n.endswith('.so') for n in names) for m in ('codes_c', 'bucket_c', 'utf8_c', 'hotheader_c', 'fanout_c', 'framer_c')))" "$wheel" \
+python -c "import sys, zipfile; names = zipfile.ZipFile(sys.argv[1]).namelist(); sys.exit(not all(any(n.startswith(f'wsprism/_fast/{m}.') and n.endswith('.so') for n in names) for m in ('codes_c', 'bucket_c', 'utf8_c', 'hotheader_c', 'fanout_c', 'framer_c', 'reader_c')))" "$wheel" \
   || { echo "check_wheel: compiled modules missing from $wheel"; exit 1; }
 # the demo page and the JavaScript client travel in the wheel, as the files in the tree
 python - "$wheel" <<'PY' || { echo "check_wheel: demo or JS client missing from $wheel"; exit 1; }

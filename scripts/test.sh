@@ -42,7 +42,8 @@ if [ $# -eq 0 ]; then
     tests/integration/test_ext_lane.py tests/integration/test_hot_lane.py \
     tests/integration/test_hostile.py tests/integration/test_chat_presence.py \
     tests/integration/test_rooms.py tests/integration/test_sessions.py \
-    tests/integration/test_python_services.py tests/integration/test_history.py
+    tests/integration/test_python_services.py tests/integration/test_history.py \
+    tests/integration/test_rfc6455.py tests/integration/test_memory_bounds.py tests/integration/test_fuzz.py
 fi
 # the whole suite on the compiled path
 python -m pytest "$@"

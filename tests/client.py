@@ -81,12 +81,19 @@ def http_get(port: int, target: str, headers: dict | None = None, timeout: float
     lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     for k, v in (headers or {}).items():
         lines.append(f"{k}: {v}")
-    raw = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return http_raw(port, ("\r\n".join(lines) + "\r\n\r\n").encode(), timeout)
+
+
+def http_raw(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[int, dict, bytes]:
+    """Send these exact request bytes; (status, lower-cased headers, body) of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(raw)
+        s.sendall(request)
         data = b""
         while True:
-            chunk = s.recv(65536)
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
             if not chunk:
                 break
             data += chunk
@@ -151,6 +158,11 @@ def read_frames(s: socket.socket, timeout: float) -> list[tuple[int, bytes]]:
         if not chunk:
             break
         buf += chunk
+    return parse_frames(buf)[0]
+
+
+def parse_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The complete server frames (opcode, payload) at the start of `buf`, and the rest."""
     frames = []
     while len(buf) >= 2:
         op, n = buf[0] & 0x0F, buf[1] & 0x7F
@@ -163,7 +175,7 @@ def read_frames(s: socket.socket, timeout: float) -> list[tuple[int, bytes]]:
             break
         frames.append((op, buf[pos:pos + n]))
         buf = buf[pos + n:]
-    return frames
+    return frames, buf
 
 
 def mask_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:

@@ -61,7 +61,8 @@ class Gateway:
         g = config.gateway
         self.config = config
         self.config_path = config_path
-        self.corker = _fast.Corker()            # one write per connection per loop turn
+        # one write per connection per loop turn, within the outbound memory budget (SPEC 5)
+        self.corker = _fast.Corker(None, g.outbound_max, g.outbound_total_max_bytes)
         self.http = HttpClient()                # the one pooled client for webhooks (backend/http.py)
         self.tenants: dict = {}                 # tenant id -> core Tenant
         self.lifecycle = Lifecycle(self.corker, self.tenants, g.outbound_high_water_bytes, self._maybe_stopped)
@@ -217,6 +218,7 @@ class Gateway:
         self.config = new_config
         self.defender.reconfigure(new_gw.handshake_limit, new_gw.trusted_proxies)
         self.metrics_path = new_gw.metrics.path.encode() if new_gw.metrics.enabled else None
+        self.corker.configure(new_gw.outbound_max, new_gw.outbound_total_max_bytes)
         self.lifecycle.set_high_water(new_gw.outbound_high_water_bytes)
         self._update_needs_ip()
         log.info("configuration reloaded: %d tenants", len(self.tenants))

@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from ._fast import Counter
 from .core import codes
 from .core.envelope import encode_sys
 from .core.session import CLOSED, OPEN, about
@@ -122,7 +123,7 @@ class Lifecycle:
     def _slow_consumer(session) -> None:
         session.slow_handle = None
         if session.paused and session.state <= OPEN:
-            session.tenant.stats.writer_timeouts += 1
+            session.lane.bump(Counter.C_SLOW_SEND_TIMEOUT)
             session.close(codes.CLOSE_SLOW_CONSUMER, "slow consumer")
 
     # -- the whole process ----------------------------------------------------------------

@@ -27,11 +27,11 @@ if os.environ.get("WSPRISM_NO_EXTENSIONS"):
 
 from wsprism._fast import (  # noqa: E402
     bucket_c, bucket_py, codes_c, codes_py, fanout_c, fanout_py, framer_c, framer_py, hotheader_c, hotheader_py,
-    utf8_c, utf8_py,
+    reader_c, reader_py, utf8_c, utf8_py,
 )
 
 PAIRS = [(codes_c, codes_py), (bucket_c, bucket_py), (utf8_c, utf8_py), (hotheader_c, hotheader_py),
-         (fanout_c, fanout_py), (framer_c, framer_py)]
+         (fanout_c, fanout_py), (framer_c, framer_py), (reader_c, reader_py)]
 ENUMS = [name for name, obj in vars(codes_py).items() if isinstance(obj, type) and issubclass(obj, IntEnum)
          and obj is not IntEnum]
 # the twins' module-level aliases of codes_py members (C constants in the compiled build)

@@ -29,16 +29,18 @@ tenants:
       ext_allowlist: ["room:*", "chat:send", "sys:*"]
       hot_allowlist: ["1:*"]
       presence_events: {events}
-      sessions: {{max_sessions_per_user: 8}}
+      sessions: {{max_sessions_per_user: 8}}{history}
 """
 
 
-def pair(gateway_factory, url, prefix, users=0, rooms=0, per_user=0, api=False, tenant="acme", events=False):
+def pair(gateway_factory, url, prefix, users=0, rooms=0, per_user=0, api=False, tenant="acme", events=False,
+         history=False):
     out = []
     for _ in range(2):
         api_cfg = ('api: {listen: "127.0.0.1:0", keys: {%s: {env: WSPRISM_CLUSTER_KEY}}}' % tenant) if api else ""
         text = YAML.format(url=url, prefix=prefix, users=users, rooms=rooms, per_user=per_user, api=api_cfg,
-                           tenant=tenant, events="true" if events else "false")
+                           tenant=tenant, events="true" if events else "false",
+                           history="\n      history: {size: 100, ttl_ms: 60000}" if history else "")
         out.append(gateway_factory(text))
     wait(lambda: all(g.gw.cluster.up for g in out))
     return out
@@ -153,7 +155,8 @@ def test_a_second_session_of_a_user_elsewhere_announces_nothing(gateway_factory,
 
 def test_a_chat_sent_right_after_a_join_waits_for_it(gateway_factory, redis_server):
     """No waiting for `joined`: the join goes to Redis, the chat (and a ping) behind it are
-    held and handled once the join is answered, in order, and reach the other node."""
+    held and handled once the join is answered, in order, and reach the other node; a
+    message the allowlist refuses meanwhile is answered in its turn too."""
     a, b = pair(gateway_factory, redis_server.url, "cr3", events=True)
 
     async def main():
@@ -162,15 +165,17 @@ def test_a_chat_sent_right_after_a_join_waits_for_it(gateway_factory, redis_serv
         alice, _ = await connect_authed(a.url(ticket="dev:alice"))
         await send_json(alice, {"v": 1, "svc": "room", "type": "join", "room": "fast", "seq": 1, "flags": 4})
         await send_json(alice, chat("fast", "right away", seq=2))
+        await send_json(alice, {"v": 1, "svc": "echo", "type": "x", "seq": 4})    # not in the allowlist
         await send_json(alice, {"v": 1, "svc": "sys", "type": "ping", "seq": 3})
-        got = [await recv_json(alice) for _ in range(6)]
+        got = [await recv_json(alice) for _ in range(7)]
         assert got[0] == joined("fast")
         # answered later: its ack with `joined`, then the room hears of alice
         assert got[1] == {"v": 1, "svc": "sys", "type": "ack", "seq": 1}
         assert got[2]["type"] == "user_joined" and got[2]["data"] == {"user": "alice"}
         assert got[3]["svc"] == "chat" and got[3]["data"] == {"from": "alice", "msg": "right away"}
         assert got[4] == {"v": 1, "svc": "sys", "type": "ack", "seq": 2}
-        assert got[5]["type"] == "pong"
+        assert error_of(got[5]) == "NOT_ALLOWED" and got[5]["seq"] == 4    # refused in its turn
+        assert got[6]["type"] == "pong"
         assert (await until(bob, is_chat))["data"]["msg"] == "right away"
         # a join refused by Redis: the held messages after it still run, with their errors
         for ws in (alice, bob):
@@ -423,13 +428,14 @@ def test_a_room_on_one_node_costs_redis_nothing_per_message(gateway_factory, red
         p2, _ = await connect_authed(a.url(ticket="dev:p2"))
         await join(p1, "game")
         await join(p2, "game")
-        before, local0 = calls(), sa.local_frames[:]
+        before, local0, pub0 = calls(), sa.local_frames[:], sa.published[:]
         for i in range(20):
             await p1.send(bytes((1, 1, 0)) + b"f%d" % i)
             await send_json(p1, chat("game", f"c{i}"))
         for _ in range(40):
             await recv(p2)
-        assert calls() == before                                    # nothing went to Redis
+        assert sa.published == pub0                                 # nothing went to Redis:
+        assert calls() - before <= 2                                # (but a node's self-probe, on a slow run)
         assert sa.local_frames[0] - local0[0] == 20 and sa.local_frames[1] - local0[1] == 20
         watcher, _ = await connect_authed(b.url(ticket="dev:w"))
         await join(watcher, "game")
@@ -474,6 +480,39 @@ def test_both_lanes_keep_the_senders_order_across_nodes(gateway_factory, redis_s
             got.append(raw[3:].decode() if isinstance(raw, bytes) else json.loads(raw)["data"]["msg"])
         assert got == expected
         for ws in (sender, peer):
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_history_with_a_broker_is_shared_by_the_nodes(gateway_factory, redis_server):
+    """History in Redis (cluster_history.py; more in test_cluster_history.py): both nodes'
+    messages get one room's offsets and epoch, and a client back on its node recovers
+    the other node's messages too."""
+    a, b = pair(gateway_factory, redis_server.url, "cr13", history=True)
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice", sid="t1"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        ja = await request(alice, {"v": 1, "svc": "room", "type": "join", "room": "h"})
+        epoch = ja["data"]["epoch"]
+        assert (await request(bob, {"v": 1, "svc": "room", "type": "join", "room": "h"}))["data"]["epoch"] == epoch
+        await send_json(alice, chat("h", "from a"))
+        mine = await until(alice, is_chat)
+        assert (mine["offset"], mine["epoch"]) == (1, epoch)
+        await send_json(bob, chat("h", "from b"))
+        theirs = await until(alice, is_chat)
+        assert (theirs["data"]["msg"], theirs["offset"], theirs["epoch"]) == ("from b", 2, epoch)
+        await alice.close()
+        alice, _ = await connect_authed(a.url(ticket="dev:alice", sid="t1"))
+        await send_json(alice, {"v": 1, "svc": "room", "type": "join", "room": "h",
+                                "data": {"since": {"offset": 0, "epoch": epoch}}})
+        replayed = [await recv_json(alice), await recv_json(alice)]
+        assert [(m["data"]["msg"], m["offset"]) for m in replayed] == [("from a", 1), ("from b", 2)]
+        answer = await recv_json(alice)
+        assert answer["type"] == "joined" and answer["data"] == {"offset": 2, "epoch": epoch, "recovered": True}
+        assert a.gw.tenants["acme"].history.outcomes["recovered"] == 1
+        for ws in (alice, bob):
             await ws.close()
 
     asyncio.run(main())

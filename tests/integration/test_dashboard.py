@@ -274,7 +274,7 @@ def promtool(*args, cwd=None) -> subprocess.CompletedProcess:
 
 def test_alerts_pass_promtool_check_and_unit_tests():
     r = promtool("check", "rules", str(ALERTS))
-    assert r.returncode == 0 and "SUCCESS: 21 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 22 rules found" in r.stdout, r.stdout + r.stderr
     r = promtool("test", "rules", ALERT_TESTS.name, cwd=ALERT_TESTS.parent)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 

@@ -185,8 +185,8 @@ def test_health_ready_metrics_on_the_same_port(g):
 def test_upgrade_with_bad_websocket_key_is_400(g):
     status, _, _ = upgrade(g, "tenant=acme&ticket=dev", {"Sec-WebSocket-Key": "short"})
     assert status == 400
-    status, _, _ = upgrade(g, "tenant=acme&ticket=dev", {"Sec-WebSocket-Version": "99"})
-    assert status == 400
+    status, headers, _ = upgrade(g, "tenant=acme&ticket=dev", {"Sec-WebSocket-Version": "99"})
+    assert status == 426 and headers["sec-websocket-version"] == "13"   # RFC 6455 4.2.2
 
 
 def test_connection_header_with_several_tokens_upgrades(g):

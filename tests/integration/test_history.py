@@ -342,7 +342,7 @@ def test_a_client_that_stops_reading_during_a_replay_is_bounded_then_closed_4005
     publish(g, "big", "huge", 5000, size=2000)            # ~10 MB of history, more than the kernel hides
     epoch = g.call(lambda: g.tenant("big").history.position("huge"))[1]
     metrics = scrape(g)
-    timeouts = sample(metrics, "wsprism_writer_timeouts_total", tenant="big")
+    timeouts = sample(metrics, "wsprism_writer_timeouts_total", tenant="big", reason="send_timeout")
     aborted = sample(metrics, "wsprism_history_replays_total", tenant="big", outcome="aborted")
     stuck = raw_upgrade(g.port, "tenant=big&ticket=dev:stuck", rcvbuf=4096)
     since = {"offset": 0, "epoch": epoch}
@@ -367,7 +367,7 @@ def test_a_client_that_stops_reading_during_a_replay_is_bounded_then_closed_4005
     assert g.call(lambda: g.tenant("big").sessions.sessions_of("stuck")) == []
     assert g.call(lambda: g.tenant("big").rooms.get("huge")) is None
     metrics = scrape(g)
-    assert sample(metrics, "wsprism_writer_timeouts_total", tenant="big") == timeouts + 1
+    assert sample(metrics, "wsprism_writer_timeouts_total", tenant="big", reason="send_timeout") == timeouts + 1
     assert sample(metrics, "wsprism_history_replays_total", tenant="big", outcome="aborted") == aborted + 1
 
 

@@ -20,6 +20,7 @@ version: 1
 gateway:
   listen: "127.0.0.1:0"
   writer_send_timeout_ms: 10000
+  outbound_max_bytes: 67108864      # the 16 MiB tenant's messages must fit (twice)
 tenants:
   - id: big
     limits: {{max_frame_bytes: {BIG}}}
@@ -206,8 +207,24 @@ def test_deep_nesting_inside_data(g):
     expect_refused(g, '{"v":1,"svc":"sys","type":"ping","seq":3,"data":' + "[" * 100_000 + "]" * 100_000 + "}",
                    "BAD_REQUEST", 1008)
     expect_refused(g, '{"v":1,"svc":"sys","type":"ping","data":' + "[" * 100_000, "BAD_REQUEST", 1008)
-    # reasonable nesting is just data
-    expect_survives(g, '{"v":1,"svc":"sys","type":"ping","data":' + "[" * 200 + "]" * 200 + "}", PONG)
+    # up to 64 levels inside data is just data (SPEC 14)
+    expect_survives(g, '{"v":1,"svc":"sys","type":"ping","data":' + "[" * 64 + "]" * 64 + "}", PONG)
+    expect_survives(g, '{"v":1,"svc":"sys","type":"ping","data":' + '{"a":' * 63 + "[]" + "}" * 63 + "}", PONG)
+    # brackets inside strings are not nesting
+    expect_survives(g, env(data={"s": "[" * 500 + '\\"{' * 100}), PONG)
+
+
+@pytest.mark.parametrize("depth", [65, 66, 200, 991, 992, 5000])
+def test_more_than_64_levels_in_data_is_too_deep(g, depth):
+    """One answer from 65 levels on, whatever the interpreter's recursion limit would say."""
+    async def attack():
+        ws = await attacker(g, "big")
+        await ws.send('{"v":1,"svc":"sys","type":"ping","seq":4,"data":' + "[" * depth + "]" * depth + "}")
+        err = await recv_json(ws)
+        assert error_of(err) == "BAD_REQUEST" and "seq" not in err, err
+        assert "too deep" in err["data"]["msg"], err
+        assert await expect_close(ws) == 1008
+    run(guarded(g, "big", attack))
 
 
 def test_ten_megabyte_string_within_a_16_mib_tenant(g):
@@ -312,10 +329,17 @@ def test_v_not_an_integer_is_bad_request(g, v):
     expect_refused(g, '{"v":%s,"svc":"sys","type":"ping","seq":9}' % v, "BAD_REQUEST", 1008)
 
 
-@pytest.mark.parametrize("v", [2, 0, -1, 10**30])
+@pytest.mark.parametrize("v", [2, 0, -1, 10**30, -(10**30), 10**4000])
 def test_other_integer_version_is_unsupported_with_seq(g, v):
     expect_refused(g, env(v=v, seq=9), "UNSUPPORTED_VERSION", 1008, seq=9)
     expect_refused(g, env(v=v), "UNSUPPORTED_VERSION", 1008)
+
+
+def test_a_version_of_5000_digits_is_unsupported(g):
+    # more digits than Python turns into an int by default: still an integer other than 1
+    expect_refused(g, '{"v":%s,"svc":"sys","type":"ping","seq":9}' % ("7" * 5000), "UNSUPPORTED_VERSION", 1008,
+                   seq=9)
+    expect_refused(g, '{"v":-%s,"svc":"sys","type":"ping"}' % ("1" * 5000), "UNSUPPORTED_VERSION", 1008)
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "nan", "inf", "undefined"])
@@ -343,11 +367,20 @@ def test_strings_with_escapes_and_odd_unicode_survive(g):
     expect_survives(g, '{"v":1,"svc":"sys","type":"ping","data":"\\u00e9\\n\\t\\"\\\\"}', PONG)
 
 
-@pytest.mark.parametrize("escape", ["\\ud800", "\\udc00", "\\udc00\\ud800", "\\ud800x"])
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udc00", "\\udc00\\ud800", "\\ud800x", "\\uDBFF\\u0041"])
 def test_lone_surrogate_escapes_are_bad_request(g, escape):
-    # grammatical JSON, but no Unicode string: refused like any other undecodable envelope
-    expect_refused(g, '{"v":1,"svc":"sys","type":"ping","data":"%s"}' % escape, "BAD_REQUEST", 1008)
-    expect_refused(g, '{"v":1,"svc":"room","type":"join","room":"%s"}' % escape, "BAD_REQUEST", 1008)
+    # grammatical JSON, but no Unicode string: refused like any other undecodable envelope,
+    # with a message that names the problem
+    for text in ('{"v":1,"svc":"sys","type":"ping","data":"%s"}' % escape,
+                 '{"v":1,"svc":"room","type":"join","room":"%s"}' % escape):
+        async def attack():
+            ws = await attacker(g, "big")
+            await ws.send(text)
+            err = await recv_json(ws)
+            assert error_of(err) == "BAD_REQUEST", err
+            assert "surrogate" in err["data"]["msg"] and "truncated" not in err["data"]["msg"], err
+            assert await expect_close(ws) == 1008
+        run(guarded(g, "big", attack))
 
 
 # -- invalid UTF-8 (raw frames: client libraries refuse to send them) ----------------------

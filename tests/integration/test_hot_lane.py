@@ -16,6 +16,7 @@ version: 1
 gateway:
   listen: "127.0.0.1:0"
   outbound_high_water_bytes: 16384
+  outbound_max_bytes: 4194304       # a turn's worth of 4 KB frames fits (the default is 4 x 16 KiB)
   writer_send_timeout_ms: 60000
 tenants:
   - id: acme

@@ -20,6 +20,7 @@ gateway:
   idle_timeout_ms: 10000
   writer_send_timeout_ms: 200
   outbound_high_water_bytes: 65536
+  outbound_max_bytes: 67108864      # the time rule, not the memory rule, closes the stuck reader here
 tenants:
   - id: acme
     policy:

@@ -81,6 +81,7 @@ version: 1
 gateway:
   listen: "127.0.0.1:0"
   outbound_high_water_bytes: 65536
+  outbound_max_bytes: 67108864      # let it hold megabytes: this test is about the close
   writer_send_timeout_ms: 60000
 tenants:
   - id: bulk

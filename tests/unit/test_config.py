@@ -204,6 +204,8 @@ DEFAULT_GATEWAY = {
     "metrics": {"enabled": True, "path": "/metrics"},
     "log": {"format": "text", "level": "info"},
     "outbound_high_water_bytes": 1048576,
+    "outbound_max_bytes": None,
+    "outbound_total_max_bytes": 268435456,
     "trusted_proxies": [],
     "workers": 1,
     "api": None,
@@ -316,9 +318,12 @@ RANGES = [
     ("gateway.handshake_limit.per_ip_rps", [0.001, 1], [0, -1], {}),
     ("gateway.handshake_limit.per_ip_burst", [1], [0], {}),
     ("gateway.handshake_limit.max_ip_entries", [1], [0], {}),
-    ("gateway.outbound_high_water_bytes", [1], [0], {}),
+    ("gateway.outbound_high_water_bytes", [1], [0], {"gateway.outbound_max_bytes": 8192}),
+    ("gateway.outbound_max_bytes", [8192, 2**63 - 1], [0, 2**63], {"gateway.outbound_high_water_bytes": 1,
+                                                                 "gateway.outbound_total_max_bytes": 2**63 - 1}),
+    ("gateway.outbound_total_max_bytes", [4 * MIB, 2**63 - 1], [0, 2**63], {}),
     ("gateway.workers", [1, 64], [0, 65], {"broker.url": "redis://127.0.0.1:6379/0"}),
-    ("tenants[0].limits.max_frame_bytes", [1, 64 * MIB], [0, 64 * MIB + 1], {}),
+    ("tenants[0].limits.max_frame_bytes", [1, 64 * MIB], [0, 64 * MIB + 1], {"gateway.outbound_max_bytes": 128 * MIB}),
     ("tenants[0].limits.max_sessions_total", [0], [-1], {}),
     ("tenants[0].limits.max_rooms_total", [0], [-1], {}),
     ("tenants[0].limits.max_users_per_room", [0], [-1], {}),
@@ -921,3 +926,14 @@ def test_broker_lease_and_prefix():
     assert "broker.lease_ms" in error_of(config_with(**{"broker.url": "redis://h/0", "broker.lease_ms": 500}))
     assert error_of(config_with(**{"broker.url": "redis://h/0", "broker.prefix": "a:b"})) == (
         "broker.prefix: invalid key prefix 'a:b' (expected 1-64 of A-Z a-z 0-9 _ . -)")
+
+
+def test_history_with_a_broker_needs_no_warning_at_start():
+    """History with a broker is shared through Redis (cluster_history.py): nothing to warn
+    about at start, with a broker or without."""
+    from wsprism.app import not_yet_supported
+
+    data = put(put(base(), "tenants[0].policy.history", {"size": 10, "ttl_ms": 60000}),
+               "broker.url", "redis://127.0.0.1:6379/0")
+    assert not_yet_supported(parse_config(dump(data))) == []
+    assert not_yet_supported(parse_config(dump(put(base(), "tenants[0].policy.history", {"size": 10, "ttl_ms": 60000})))) == []

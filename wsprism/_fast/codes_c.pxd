@@ -1,7 +1,8 @@
 # The protocol's numbers, declared once (picows' picows.pxd style): close codes, error
-# codes, session states, opcodes, Hot and Ext Lane flags, header statuses and the lane
-# counters. The _c modules cimport them as C constants; Python reads the same enums
-# through wsprism._fast (compiled: codes_c; twin: codes_py.py, where each is documented).
+# codes, session states, opcodes, Hot and Ext Lane flags, header statuses, the lane
+# counters and why an endpoint went over its outbound budget. The _c modules cimport
+# them as C constants; Python reads the same enums through wsprism._fast (compiled:
+# codes_c; twin: codes_py.py, where each is documented).
 
 cpdef enum CloseCode:
     CLOSE_NORMAL = 1000
@@ -39,6 +40,7 @@ cpdef enum SessionState:
     S_CLOSED = 3
 
 cpdef enum Opcode:
+    OP_CONT = 0x0
     OP_TEXT = 0x1
     OP_BINARY = 0x2
 
@@ -78,4 +80,11 @@ cpdef enum Counter:
     C_HOT_DROP_NO_ACTIVE_ROOM = 11
     C_DECODE_ERRORS = 12
     C_EGRESS_DROPS = 13
-    N_COUNTERS = 14
+    C_SLOW_SEND_TIMEOUT = 14
+    C_SLOW_OUTBOUND_MAX = 15
+    C_SLOW_OUTBOUND_TOTAL_MAX = 16
+    N_COUNTERS = 17
+
+cpdef enum OverflowReason:
+    OVER_SESSION = 1
+    OVER_TOTAL = 2

@@ -1,7 +1,8 @@
 """The protocol's numbers, one place (twin of `codes_c`, whose .pxd the compiled modules
 cimport): SPEC 7's close codes, SPEC 3's error codes, session states, frame opcodes,
-the Ext and Hot Lane flags, Hot Lane header statuses, built-in Hot Lane services and
-the per-tenant lane counters. A test holds the two declarations equal.
+the Ext and Hot Lane flags, Hot Lane header statuses, built-in Hot Lane services,
+the per-tenant lane counters and the outbound budget's overflow reasons. A test holds
+the two declarations equal.
 
 Member names are unique across the enums because the C side sees them unscoped.
 """
@@ -51,6 +52,7 @@ class SessionState(IntEnum):
 
 
 class Opcode(IntEnum):
+    OP_CONT = 0x0        # a continuation frame (fragmented message)
     OP_TEXT = 0x1
     OP_BINARY = 0x2
 
@@ -89,7 +91,11 @@ class Counter(IntEnum):
 
     `C_<LANE>_<DECISION>_<REASON>` names are the labels of
     `wsprism_policy_decisions_total{lane,decision,reason}` (ops/metrics.py reads them off
-    the names); the last two are `wsprism_decode_errors_total` and `wsprism_egress_drop_total`.
+    the names); then `wsprism_decode_errors_total` and `wsprism_egress_drop_total`; the
+    `C_SLOW_<REASON>` ones are the sessions closed 4005 as slow consumers,
+    `wsprism_writer_timeouts_total{reason}` (SPEC 5 and 6): over the high-water mark for
+    writer_send_timeout_ms, past gateway.outbound_max_bytes, or among the largest holders
+    when the process passed gateway.outbound_total_max_bytes.
     """
 
     C_EXT_ALLOW_OK = 0
@@ -106,4 +112,14 @@ class Counter(IntEnum):
     C_HOT_DROP_NO_ACTIVE_ROOM = 11
     C_DECODE_ERRORS = 12
     C_EGRESS_DROPS = 13
-    N_COUNTERS = 14
+    C_SLOW_SEND_TIMEOUT = 14
+    C_SLOW_OUTBOUND_MAX = 15
+    C_SLOW_OUTBOUND_TOTAL_MAX = 16
+    N_COUNTERS = 17
+
+
+class OverflowReason(IntEnum):
+    """Why an endpoint is over its outbound budget (`Endpoint.overflow`, SPEC 5)."""
+
+    OVER_SESSION = 1    # its own buffer passed gateway.outbound_max_bytes
+    OVER_TOTAL = 2      # all sessions together passed gateway.outbound_total_max_bytes

@@ -44,6 +44,7 @@ cdef class Conn(Endpoint):
     cpdef send(self, bytes data)
     cpdef send_error(self, str code, str msg, object seq=*)
     cpdef close(self, int code=*, str reason=*)
+    cdef int _overflow(self, int reason) except -1
     cdef int _text(self, const unsigned char* p, Py_ssize_t n, object payload) except -1
     cdef int _binary(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef int _hot_service(self, object handler, const unsigned char* p, Py_ssize_t n,

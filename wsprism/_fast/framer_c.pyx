@@ -18,9 +18,10 @@ from .clock cimport monotonic
 from .codes_c cimport (
     C_DECODE_ERRORS, C_EGRESS_DROPS, C_EXT_DENY_BAD_REQUEST, C_EXT_DENY_TOO_LARGE, C_EXT_DROP_RATE_LIMITED,
     C_HOT_ALLOW_OK, C_HOT_DENY_TOO_LARGE, C_HOT_DROP_BAD_REQUEST, C_HOT_DROP_NO_ACTIVE_ROOM,
-    C_HOT_DROP_NOT_ALLOWED, C_HOT_DROP_RATE_LIMITED, CLOSE_INVALID_UTF8, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR,
-    CLOSE_TOO_BIG, HDR_BAD_FLAGS, HDR_OK, HDR_SHORT, HOT_ACK_REQUESTED, HOT_IS_ACK, HOT_SEQ_PRESENT,
-    N_COUNTERS, OP_BINARY, OP_TEXT, S_CLOSING, S_OPEN,
+    C_HOT_DROP_NOT_ALLOWED, C_HOT_DROP_RATE_LIMITED, C_SLOW_OUTBOUND_MAX, C_SLOW_OUTBOUND_TOTAL_MAX,
+    CLOSE_INVALID_UTF8, CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, HDR_BAD_FLAGS,
+    HDR_OK, HDR_SHORT, HOT_ACK_REQUESTED, HOT_IS_ACK, HOT_SEQ_PRESENT,
+    N_COUNTERS, OP_BINARY, OP_TEXT, OVER_SESSION, S_CLOSING, S_OPEN,
 )
 from .fanout_c cimport Endpoint, broadcast, build_frame, build_frame_ptr
 from .hotheader_c cimport HotAllowlist, allowed, hot_parse
@@ -40,6 +41,15 @@ cdef str _PAYLOAD_TOO_LARGE = _ErrorCode.PAYLOAD_TOO_LARGE.name
 cdef str _RATE_LIMITED = _ErrorCode.RATE_LIMITED.name
 cdef str _BAD_REQUEST = _ErrorCode.BAD_REQUEST.name
 cdef str _NOT_ALLOWED = _ErrorCode.NOT_ALLOWED.name
+
+
+cdef inline bint _close_code_valid(int code) noexcept:
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def close_code_valid(int code) -> bool:
+    """A code a client may send in its close frame (RFC 6455 7.4)."""
+    return _close_code_valid(code)
 
 
 @cython.final
@@ -133,8 +143,11 @@ cdef class Conn(Endpoint):
     cpdef close(self, int code=1000, str reason=""):
         if self.state >= S_CLOSING:
             return
-        self.flush()
+        if self.over:
+            self._drop_queued()
+        self._flush()
         self.state = S_CLOSING
+        self._release()
         self.host.detach(self)
         cdef WSTransport tr = self.transport
         if tr is None:
@@ -148,13 +161,21 @@ cdef class Conn(Endpoint):
         self.send_error(code, msg, seq)
         self.close(close_code, msg)
 
+    cdef int _overflow(self, int reason) except -1:
+        if self.state > S_OPEN:
+            return 0
+        self.lane.inc(C_SLOW_OUTBOUND_MAX if reason == OVER_SESSION else C_SLOW_OUTBOUND_TOTAL_MAX)
+        self._drop_queued()
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer over its limit")
+        return 0
+
     # -- picows callbacks --------------------------------------------------------------
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
         self.host.on_connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
-        self._out = None
+        self._release()
         self.host.on_disconnected(self)
 
     cpdef pause_writing(self):
@@ -168,6 +189,9 @@ cdef class Conn(Endpoint):
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef WSMsgType mt = frame.msg_type
         self.seen = True
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._protocol_error(transport, "reserved bits set without an extension")
+            return
         if mt == WSMsgType.TEXT or mt == WSMsgType.BINARY:
             if self.frag is not None:
                 self.close(CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
@@ -183,6 +207,8 @@ cdef class Conn(Endpoint):
                 self._text(<const unsigned char*>frame.payload_ptr, frame.payload_size, frame)
         elif mt == WSMsgType.CONTINUATION:
             self._continue_fragments(frame)
+        elif mt == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
         elif mt == WSMsgType.CLOSE:
             self._on_close_frame(transport, frame)
 
@@ -221,17 +247,31 @@ cdef class Conn(Endpoint):
     def _on_close_frame(self, WSTransport transport, WSFrame frame):
         cdef int code
         if self.state != S_CLOSING and not transport.is_close_frame_sent:
-            code = frame.get_close_code()
-            if code == 0 or code == 1005:
+            if frame.payload_size < 2:
                 code = CLOSE_NORMAL
-            self.flush()
+            else:
+                code = frame.get_close_code()
+                if not _close_code_valid(code):
+                    self._protocol_error(transport, "invalid close code")
+                    return
+            if self.over:
+                self._drop_queued()
+            self._flush()
             self.state = S_CLOSING
+            self._release()
             self.host.detach(self)
             transport.send_close(<WSCloseCode>code)
         transport.disconnect()
         if self.close_handle is None:   # a peer that stops reading cannot hold the socket
             self.close_handle = asyncio.get_running_loop().call_later(
                 CLOSE_TIMEOUT, (<object>transport).disconnect, False)
+
+    def _protocol_error(self, WSTransport transport, str reason):
+        if self.state >= S_CLOSING or transport.is_close_frame_sent:
+            transport.disconnect()
+            return
+        self.close(CLOSE_PROTOCOL_ERROR, reason)
+        transport.disconnect()
 
     # -- both lanes --------------------------------------------------------------------
     cdef int _too_large(self, bint binary) except -1:

@@ -3,8 +3,13 @@ connection (pure-Python twin of `framer_c`, which picows calls through its vtabl
 `Conn` holds what a frame touches; the session's Python side subclasses it
 (core/session.py).
 
-A frame's way in:
+A frame's way in (the reader, reader_py.py, has already refused any frame whose header
+announced more than the tenant's `max_frame_bytes`):
 
+- RFC 6455 first: a reserved bit set (no extension is negotiated) closes 1002; pings are
+  answered here (picows' auto-pong is off, so a ping with a reserved bit is refused like
+  any other frame); a client's close code is answered with the same code, or 1002 when
+  it is one a client must not send (`close_code_valid`);
 - text and binary frames, reassembled from fragments up to the tenant's
   `max_frame_bytes` (the limit is on the whole message);
 - both lanes first: size (PAYLOAD_TOO_LARGE, close 1009), then the rate limit (tokens
@@ -30,6 +35,10 @@ disconnect, detach, backpressure; wsprism/lifecycle.py) and its tenant's `LanePo
 (limits, buckets, allowlist, counters, the Ext Lane entry, the Hot Lane handlers and
 the sys.error encoder), which sessions of the tenant share, so a reload changes it for
 everyone's next frame.
+
+Over its outbound budget (fanout_py.py), a session is a slow consumer: `overflow`
+closes it 4005 at once, whatever the lane, counted by reason in the lane's counters
+(`C_SLOW_OUTBOUND_MAX`, `C_SLOW_OUTBOUND_TOTAL_MAX`).
 """
 import asyncio
 import secrets
@@ -38,7 +47,7 @@ from time import monotonic, perf_counter
 import msgspec
 from picows import WSMsgType
 
-from .codes_py import CloseCode, Counter, ErrorCode, HotFlag, HotHeaderStatus, Opcode, SessionState
+from .codes_py import CloseCode, Counter, ErrorCode, HotFlag, HotHeaderStatus, Opcode, OverflowReason, SessionState
 from .fanout_py import Endpoint, broadcast, build_frame
 from .hotheader_py import HotAllowlist, parse_header
 from .utf8_py import utf8_valid
@@ -52,10 +61,17 @@ _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
 _CONT = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
+_PING = WSMsgType.PING
 _UNSET = msgspec.UNSET
 _OPEN, _CLOSING = SessionState.S_OPEN, SessionState.S_CLOSING
 _SEQ, _ACK = HotFlag.HOT_SEQ_PRESENT, HotFlag.HOT_ACK_REQUESTED
 _N_COUNTERS = Counter.N_COUNTERS
+
+
+def close_code_valid(code: int) -> bool:
+    """A code a client may send in its close frame (RFC 6455 7.4): 1000-1003, 1007-1014
+    (the IANA-registered ones a peer may send) and 3000-4999 (registered / private)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 class _Relay:
@@ -164,8 +180,11 @@ class Conn(Endpoint):
         abort the socket if the peer has not completed the close within CLOSE_TIMEOUT."""
         if self.state >= _CLOSING:
             return
+        if self.over:
+            self.drop_queued()        # over its budget: what it could not hold is dropped
         self.flush()
         self.state = _CLOSING
+        self.release()
         self.host.detach(self)
         tr = self.transport
         if tr is None:
@@ -181,13 +200,23 @@ class Conn(Endpoint):
         self.send_error(code, msg, seq)
         self.close(close_code, msg)
 
+    def overflow(self, reason: int) -> None:
+        """Over the outbound budget (fanout): a slow consumer, closed 4005 at once and
+        counted by reason, whatever the lane."""
+        if self.state > _OPEN:
+            return
+        self.lane.counts[Counter.C_SLOW_OUTBOUND_MAX if reason == OverflowReason.OVER_SESSION
+                         else Counter.C_SLOW_OUTBOUND_TOTAL_MAX] += 1
+        self.drop_queued()
+        self.close(CloseCode.CLOSE_SLOW_CONSUMER, "slow consumer: outbound buffer over its limit")
+
     # -- picows callbacks --------------------------------------------------------------
     def on_ws_connected(self, transport) -> None:
         self.transport = transport
         self.host.on_connected(self)
 
     def on_ws_disconnected(self, transport) -> None:
-        self._out = None
+        self.release()
         self.host.on_disconnected(self)
 
     def pause_writing(self) -> None:
@@ -201,6 +230,9 @@ class Conn(Endpoint):
     def on_ws_frame(self, transport, frame) -> None:
         self.seen = True
         mt = frame.msg_type
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            self._protocol_error(transport, "reserved bits set without an extension")
+            return
         if mt == _TEXT or mt == _BINARY:
             if self.frag is not None:
                 self.close(CloseCode.CLOSE_PROTOCOL_ERROR, "new message inside a fragmented one")
@@ -216,6 +248,8 @@ class Conn(Endpoint):
                 self.on_text(frame.get_payload_as_bytes())
         elif mt == _CONT:
             self._continue_fragments(frame)
+        elif mt == _PING:
+            transport.send_pong(frame.get_payload_as_bytes())
         elif mt == _CLOSE:
             self._on_close_frame(transport, frame)
 
@@ -249,18 +283,36 @@ class Conn(Endpoint):
             self.on_text(bytes(buf))
 
     def _on_close_frame(self, transport, frame) -> None:
+        """The client closes: answer with its code (1000 when it gave none), or 1002 when
+        the code is one a client must not send (picows already refuses a 1-byte payload,
+        an invalid UTF-8 reason and most unassigned codes below 3000)."""
         if self.state != _CLOSING and not transport.is_close_frame_sent:
-            code = frame.get_close_code()
-            if code == 0 or code == 1005:
+            if frame.payload_size < 2:
                 code = CloseCode.CLOSE_NORMAL
+            else:
+                code = frame.get_close_code()
+                if not close_code_valid(code):
+                    self._protocol_error(transport, "invalid close code")
+                    return
+            if self.over:
+                self.drop_queued()
             self.flush()
             self.state = _CLOSING
+            self.release()
             self.host.detach(self)
             transport.send_close(code)
         transport.disconnect()
         if self.close_handle is None:   # a peer that stops reading cannot hold the socket
             self.close_handle = asyncio.get_running_loop().call_later(
                 CLOSE_TIMEOUT, transport.disconnect, False)
+
+    def _protocol_error(self, transport, reason: str) -> None:
+        """RFC 6455 violation: close 1002 and hang up without waiting for the peer."""
+        if self.state >= _CLOSING or transport.is_close_frame_sent:
+            transport.disconnect()
+            return
+        self.close(CloseCode.CLOSE_PROTOCOL_ERROR, reason)
+        transport.disconnect()
 
     # -- both lanes --------------------------------------------------------------------
     def _too_large(self, binary: bool) -> None:

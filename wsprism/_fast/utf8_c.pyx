@@ -1,8 +1,9 @@
 # cython: language_level=3
-"""Compiled strict UTF-8 validator. The contract lives in utf8_py.py (the twin)."""
+"""Compiled text-frame scans (strict UTF-8, JSON nesting depth). The contract lives in
+utf8_py.py (the twin)."""
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 
 cdef bint utf8_valid_ptr(const unsigned char* p, Py_ssize_t n) noexcept nogil:
@@ -63,5 +64,46 @@ cpdef bint utf8_valid(object data) except -1:
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
         return utf8_valid_ptr(<const unsigned char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef bint json_too_deep_ptr(const unsigned char* p, Py_ssize_t n, Py_ssize_t limit) noexcept nogil:
+    cdef Py_ssize_t i = 0, j, q, k, depth = 0
+    cdef const unsigned char* found
+    cdef unsigned char c
+    while i < n:
+        c = p[i]
+        if c == 0x22:                   # '"': a string, skipped with memchr to its closing quote
+            j = i + 1
+            while True:
+                found = <const unsigned char*>memchr(p + j, 0x22, n - j) if j < n else NULL
+                if found == NULL:
+                    return False        # the string runs to the end: no bracket after it
+                q = found - p
+                k = 0                   # backslashes right before it: an odd run escapes it
+                while q - 1 - k > i and p[q - 1 - k] == 0x5C:
+                    k += 1
+                if k & 1:
+                    j = q + 1
+                    continue
+                i = q + 1
+                break
+            continue
+        if c == 0x5B or c == 0x7B:      # '[' '{'
+            depth += 1
+            if depth > limit:
+                return True
+        elif c == 0x5D or c == 0x7D:    # ']' '}'
+            depth -= 1
+        i += 1
+    return False
+
+
+cpdef bint json_too_deep(object data, Py_ssize_t limit) except -1:
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        return json_too_deep_ptr(<const unsigned char*>view.buf, view.len, limit)
     finally:
         PyBuffer_Release(&view)

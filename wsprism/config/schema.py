@@ -108,11 +108,20 @@ class GatewayConfig(_Section, kw_only=True):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     outbound_high_water_bytes: Positive = MIB
+    outbound_max_bytes: Positive | None = None     # per session; None: 4 x outbound_high_water_bytes
+    outbound_total_max_bytes: Positive = 256 * MIB  # all sessions of the process together
     trusted_proxies: list[str] = []
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
     api: ApiConfig | None = None
     tls: TlsConfig | None = None
     demo: bool = False
+
+    @property
+    def outbound_max(self) -> int:
+        """The per-session outbound cap in effect (SPEC 5: 4 x the high-water mark by default)."""
+        if self.outbound_max_bytes is not None:
+            return self.outbound_max_bytes
+        return 4 * self.outbound_high_water_bytes
 
 
 # --- tenants -------------------------------------------------------------------------

@@ -77,6 +77,7 @@ def validate(cfg: Config) -> Config:
     _check_gateway(cfg.gateway, has_broker=cfg.broker is not None)
     if not cfg.tenants:
         raise ConfigError("tenants", "at least one tenant is required")
+    _check_outbound(cfg)
     seen: dict[str, int] = {}
     for i, tenant in enumerate(cfg.tenants):
         path = f"tenants[{i}]"
@@ -138,6 +139,31 @@ def _check_gateway(gw: GatewayConfig, has_broker: bool) -> None:
                 raise ConfigError(kpath, "set exactly one of `env` or `file`")
             if key.env is not None:
                 _check_env_name(key.env, f"{kpath}.env")
+
+
+def _check_outbound(cfg: Config) -> None:
+    """The memory caps of SPEC 5 must leave room for what the gateway is configured to send."""
+    gw = cfg.gateway
+    cap = gw.outbound_max
+    how = "" if gw.outbound_max_bytes is not None else " (4 x outbound_high_water_bytes)"
+    if cap < gw.outbound_high_water_bytes:
+        raise ConfigError(
+            "gateway.outbound_max_bytes",
+            f"{cap} is below gateway.outbound_high_water_bytes ({gw.outbound_high_water_bytes})",
+        )
+    if gw.outbound_total_max_bytes < cap:
+        raise ConfigError(
+            "gateway.outbound_total_max_bytes",
+            f"{gw.outbound_total_max_bytes} is below gateway.outbound_max_bytes ({cap}{how})",
+        )
+    for i, tenant in enumerate(cfg.tenants):
+        frame = tenant.limits.max_frame_bytes
+        if cap < 2 * frame:
+            raise ConfigError(
+                "gateway.outbound_max_bytes",
+                f"{cap}{how} is less than twice tenants[{i}].limits.max_frame_bytes ({frame}): "
+                f"a session sent two such messages would be closed 4005; set it to at least {2 * frame}",
+            )
 
 
 # --- tenants -------------------------------------------------------------------------

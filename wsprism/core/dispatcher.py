@@ -15,8 +15,10 @@ A built-in whose answer needs the broker (a join that Redis must admit for every
 an exact presence) uses `answer_later`: the session's later messages are *held* (kept
 in order in `session.held`, at most HELD_MAX) until the answer is sent, so a chat sent
 right after a join is handled once the join is done, and replies keep the order of the
-requests. Webhook forwarders and Python services keep their own per-session order and
-hold nothing.
+requests: the Ext Lane's allowlist refusal of a message that arrives meanwhile waits in
+the same queue (`error_in_turn`). A session that closes meanwhile (its own close, or a
+fatal frame) gets no further answer. Webhook forwarders and Python services keep their
+own per-session order and hold nothing.
 """
 import asyncio
 import logging
@@ -142,6 +144,16 @@ def hold(session) -> None:
         session.held = deque()
 
 
+def error_in_turn(session, code: str, msg: str, seq) -> None:
+    """A `sys.error` for a message refused before dispatch: now, or behind the held
+    messages of a session waiting for an answer, so replies keep the requests' order."""
+    held = session.held
+    if held is not None and len(held) < HELD_MAX:
+        held.append((code, msg, seq))
+    else:
+        session.send_error(code, msg, seq)
+
+
 def answer_later(session, env, awaitable: Awaitable, reply: Callable, *args) -> object:
     """Hold the session's later messages; once `awaitable` is done, `reply(session, env,
     result, *args)` and the ack (or a `sys.error`, if either raised ServiceError), then
@@ -179,7 +191,11 @@ def release(session) -> None:
         return                              # a session that left meanwhile: dropped
     dispatch = session.tenant.dispatcher.dispatch
     while held:
-        dispatch(session, held.popleft())
+        item = held.popleft()
+        if type(item) is tuple:             # a refusal kept in its turn (error_in_turn)
+            session.send_error(*item)
+            continue
+        dispatch(session, item)
         if session.held is not None:        # held again (another join): the rest waits too
             session.held.extend(held)
             return

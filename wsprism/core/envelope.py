@@ -3,12 +3,17 @@
 Inbound text frames decode straight into `Envelope` (strict: unknown fields, wrong types
 and out-of-range integers are errors). `data` stays raw JSON (`msgspec.Raw`) until a
 service asks for it, so a message that is routed or forwarded is never rebuilt.
+
+Before the decoder runs, the nesting depth is checked (`MAX_DATA_DEPTH` levels in
+`data`, SPEC 14), so the answer to a deep message never depends on the interpreter's
+recursion limit.
 """
+import re
 from typing import Annotated, Any
 
 import msgspec
 
-from .._fast import ExtFlag
+from .._fast import ExtFlag, json_too_deep
 
 U64_MAX = 2**64 - 1
 
@@ -29,49 +34,75 @@ class DecodeFailed(Exception):
     """The text frame is not a valid envelope (BAD_REQUEST, close 1008)."""
 
 
+MAX_DATA_DEPTH = 64                   # levels of arrays/objects inside `data`
+_MAX_DEPTH = MAX_DATA_DEPTH + 1       # counted from the envelope's own braces
+TOO_DEEP = f"JSON nested too deep (more than {MAX_DATA_DEPTH} levels in data)"
+
 _decoder = msgspec.json.Decoder(Envelope)
 _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
 
 
 def decode_envelope(payload: bytes) -> Envelope:
     """Decode one Ext Lane message; raises DecodeFailed with a short reason."""
+    if json_too_deep(payload, _MAX_DEPTH):
+        raise DecodeFailed(TOO_DEEP)
     try:
         env = _decoder.decode(payload)
     except _DECODE_ERRORS as exc:
-        raise DecodeFailed(_short_reason(exc)) from None
+        raise DecodeFailed(_short_reason(exc, payload)) from None
     if env.seq is not msgspec.UNSET and env.seq > U64_MAX:
         raise DecodeFailed("seq out of range (u64)")
     return env
 
 
 class _VersionOnly(msgspec.Struct):
-    """Lenient: only what decides UNSUPPORTED_VERSION for a message v1 cannot decode."""
+    """Lenient: only what decides UNSUPPORTED_VERSION for a message v1 cannot decode.
+    `v` stays raw, so an integer of any size is still an integer."""
 
-    v: int
+    v: msgspec.Raw
     seq: Any = None
 
 
 _version_decoder = msgspec.json.Decoder(_VersionOnly)
+_JSON_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 
 
 def peek_version(payload: bytes) -> tuple[int, int | None] | None:
     """(v, seq) of a message that is not a valid v1 envelope, when it is at least a JSON
     object with an integer `v`; None otherwise. Used on the error path only: a message of
-    another version may carry fields v1 does not know, and must hear about its version."""
+    another version may carry fields v1 does not know, and must hear about its version.
+    A `v` too long to be a Python int is reported as 2 (any version but 1 is refused the
+    same way)."""
+    if json_too_deep(payload, _MAX_DEPTH):
+        return None
     try:
         found = _version_decoder.decode(payload)
     except _DECODE_ERRORS:
         return None
+    raw = bytes(found.v)
+    if not _JSON_INT.fullmatch(raw):
+        return None
+    v = int(raw) if len(raw) <= 20 else 2
     seq = found.seq
     if type(seq) is not int or not 0 <= seq <= U64_MAX:
         seq = None
-    return found.v, seq
+    return v, seq
 
 
-def _short_reason(exc: Exception) -> str:
+# \uD800-\uDBFF not followed by \uDC00-\uDFFF, or \uDC00-\uDFFF not preceded by one
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<![0-9a-fA-F]{2})(?<!\\u[dD][89abAB])\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _short_reason(exc: Exception, payload: bytes) -> str:
     if isinstance(exc, RecursionError):
-        return "JSON nested too deeply"
+        return TOO_DEEP
     text = str(exc)
+    if ("truncated" in text or "surrogate" in text) and _LONE_SURROGATE.search(payload):
+        # msgspec reports a lone high surrogate as "Input data was truncated"
+        return "JSON string has a lone UTF-16 surrogate escape (\\uD800-\\uDFFF must come in pairs)"
     return text if len(text) <= 200 else text[:200]
 
 

@@ -31,7 +31,7 @@ same replay and gets its own `joined` then; a leave (or close) ends the replay
 """
 import asyncio
 
-from .._fast import OPEN, broadcast
+from .._fast import OPEN, Counter, broadcast
 from . import codes
 
 CHUNK_MAX = 64 * 1024      # bytes of replay queued at once (at most half the high-water mark)
@@ -77,7 +77,7 @@ class JoinRun:
         loop = self.loop
         if session.transport.underlying_transport.get_write_buffer_size() > self.chunk:
             if loop.time() >= self.deadline:
-                tenant.stats.writer_timeouts += 1
+                tenant.lane.bump(Counter.C_SLOW_SEND_TIMEOUT)
                 session.close(codes.CLOSE_SLOW_CONSUMER, "slow consumer")
                 return False
             self.handle = loop.call_later(POLL, self.step)

@@ -2,8 +2,9 @@
 at scrape time), and the one bucket histogram every duration metric uses.
 
 The per-message decisions are C counters in the tenant's `LanePolicy` (bumped by the
-framer, named by `Counter` in wsprism/_fast/codes_c.pxd); the rest are plain ints here,
-so no lock or label lookup is paid per message.
+framer, named by `Counter` in wsprism/_fast/codes_c.pxd), and so are the sessions closed
+4005 as slow consumers, by rule (`C_SLOW_*`: the framer and the corker bump two of them
+from C); the rest are plain ints here, so no lock or label lookup is paid per message.
 """
 from bisect import bisect_left
 
@@ -50,7 +51,7 @@ class TenantStats:
 
     __slots__ = (
         "lane", "upgrades", "handshake_rejections", "service_errors_ext", "service_errors_hot",
-        "writer_timeouts", "dispatch_ext", "dispatch_hot",
+        "dispatch_ext", "dispatch_hot",
     )
 
     def __init__(self, lane=None) -> None:
@@ -59,7 +60,6 @@ class TenantStats:
         self.handshake_rejections = dict.fromkeys(HANDSHAKE_REASONS, 0)
         self.service_errors_ext = 0
         self.service_errors_hot = 0
-        self.writer_timeouts = 0
         self.dispatch_ext = Histogram()
         self.dispatch_hot = Histogram()
         if lane is not None:
@@ -73,6 +73,27 @@ class TenantStats:
         """{(lane, decision, reason): count} of `wsprism_policy_decisions_total`."""
         counts = self.lane.snapshot()
         return {labels: counts[c] for c, labels in POLICY_LABELS.items()}
+
+    @property
+    def writer_timeouts(self) -> int:
+        """Slow consumers closed for staying over the high-water mark (writer_send_timeout_ms)."""
+        return self.counter(Counter.C_SLOW_SEND_TIMEOUT)
+
+    @property
+    def outbound_max_closes(self) -> int:
+        """... for passing gateway.outbound_max_bytes."""
+        return self.counter(Counter.C_SLOW_OUTBOUND_MAX)
+
+    @property
+    def outbound_total_closes(self) -> int:
+        """... for being among the largest holders when the process passed outbound_total_max_bytes."""
+        return self.counter(Counter.C_SLOW_OUTBOUND_TOTAL_MAX)
+
+    @property
+    def slow_consumer_closes(self) -> int:
+        """Every 4005: the time rule and both memory rules."""
+        counts = self.lane.snapshot()
+        return sum(counts[c] for c in SLOW_CONSUMER_REASONS)
 
     @property
     def decode_errors(self) -> int:
@@ -101,3 +122,12 @@ def _policy_labels() -> dict:
 
 
 POLICY_LABELS = _policy_labels()
+
+
+def _slow_consumer_reasons() -> dict:
+    """`reason` of `wsprism_writer_timeouts_total` for each slow-consumer counter, read off
+    its name: C_SLOW_OUTBOUND_MAX -> "outbound_max"."""
+    return {c: c.name.lower()[len("c_slow_"):] for c in Counter if c.name.startswith("C_SLOW_")}
+
+
+SLOW_CONSUMER_REASONS = _slow_consumer_reasons()

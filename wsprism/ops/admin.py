@@ -50,14 +50,14 @@ _STARTED = psutil.Process().create_time()
 def counters(tenant) -> tuple:
     """What the page shows as rates or recent counts, copied from the tenant's counters:
     (policy counters in POLICY_LABELS order, handshake rejections in HANDSHAKE_REASONS order,
-    writer timeouts, egress drops, service errors)."""
+    slow-consumer closes (every 4005, whichever rule), egress drops, service errors)."""
     stats = tenant.stats
     lane = stats.lane.snapshot()
     rej = stats.handshake_rejections
     return (
         tuple(lane[c] for c, _ in _POLICY),
         tuple(rej[r] for r in HANDSHAKE_REASONS),
-        stats.writer_timeouts,
+        stats.slow_consumer_closes,
         lane[Counter.C_EGRESS_DROPS],
         stats.service_errors_ext + stats.service_errors_hot,
     )

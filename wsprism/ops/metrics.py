@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from .._fast import Counter
 from ..core.history import OUTCOMES
-from ..core.stats import POLICY_LABELS
+from ..core.stats import POLICY_LABELS, SLOW_CONSUMER_REASONS
 
 UNKNOWN_TENANT = "_unknown"
 
@@ -28,13 +28,15 @@ class GatewayCollector:
         gw = self._gw
         stats = [(tid, t.stats, t) for tid, t in gw.tenants.items()] + [(UNKNOWN_TENANT, gw.unknown_stats, None)]
         policy_keys = list(POLICY_LABELS.items())
+        slow_keys = list(SLOW_CONSUMER_REASONS.items())
         upgrades = CounterMetricFamily("wsprism_ws_upgrades", "WebSocket upgrade attempts by HTTP status", labels=["tenant", "status"])
         active = GaugeMetricFamily("wsprism_ws_sessions_active", "Sessions currently open", labels=["tenant"])
         policy = CounterMetricFamily("wsprism_policy_decisions", "Policy decisions per message", labels=["tenant", "lane", "decision", "reason"])
         rejections = CounterMetricFamily("wsprism_handshake_rejections", "Handshakes refused before the upgrade", labels=["tenant", "reason"])
         decode = CounterMetricFamily("wsprism_decode_errors", "Ext Lane frames that were not valid envelopes", labels=["tenant"])
         svc_err = CounterMetricFamily("wsprism_service_errors", "Service errors returned to clients", labels=["tenant", "lane"])
-        writer = CounterMetricFamily("wsprism_writer_timeouts", "Sessions closed as slow consumers", labels=["tenant"])
+        writer = CounterMetricFamily("wsprism_writer_timeouts", "Sessions closed as slow consumers (4005), by reason",
+                                     labels=["tenant", "reason"])
         egress = CounterMetricFamily("wsprism_egress_drop", "Lossy frames dropped for sessions over the high-water mark", labels=["tenant"])
         dispatch = HistogramMetricFamily("wsprism_dispatch_duration_seconds", "Time to dispatch one message (Hot Lane sampled 1 in 64)", labels=["tenant", "lane"])
         for tid, s, tenant in stats:
@@ -52,7 +54,8 @@ class GatewayCollector:
             decode.add_metric([tid], counts[Counter.C_DECODE_ERRORS])
             svc_err.add_metric([tid, "ext"], s.service_errors_ext)
             svc_err.add_metric([tid, "hot"], s.service_errors_hot)
-            writer.add_metric([tid], s.writer_timeouts)
+            for counter, reason in slow_keys:
+                writer.add_metric([tid, reason], counts[counter])
             egress.add_metric([tid], counts[Counter.C_EGRESS_DROPS])
             for lane, h in (("ext", s.dispatch_ext), ("hot", s.dispatch_hot)):
                 dispatch.add_metric([tid, lane], h.cumulative(), h.sum)

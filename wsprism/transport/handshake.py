@@ -1,13 +1,17 @@
 """Pre-upgrade checks for `/v1/ws`, cheapest first (SPEC sections 1 and 14).
 
-404 unknown path → 426 not an upgrade → 503 draining → 429 defender → 400 bad
-query → 400 unknown tenant → 503 tenant full → 401 ticket refused. Every answer is
+404 unknown path → 426 not an upgrade → 503 draining → 429 defender → 400 missing
+or duplicated Host / 426 WebSocket version not 13 / 400 bad Sec-WebSocket-Key → 400
+bad query → 400 unknown tenant → 503 tenant full → 401 ticket refused. Every answer is
 a plain HTTP response; nothing is upgraded unless all pass. Also serves `/healthz`,
 `/readyz` and the metrics path on the same port, `/v1/ws/check` (the same checks for a
-client that was refused: browsers only see close 1006, SPEC 16), and with `gateway.demo`
-the JavaScript client and the demo page.
+client that was refused: browsers only see close 1006, SPEC 16), with `gateway.demo`
+the JavaScript client and the demo page, and answers a method other than GET with 405
+(`other_method`, called by the reader before picows parses the request).
 """
+import binascii
 import re
+from base64 import b64decode
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
@@ -25,6 +29,7 @@ CHECK_PATH = b"/v1/ws/check"
 CHECK_REASONS = {"rate_limited_global": "rate_limited", "rate_limited_ip": "rate_limited"}
 TICKET_RE = re.compile(r"[\x20-\x7e]{1,4096}")
 _KEYS = ("tenant", "ticket", "sid")
+_ALLOW_GET = {"Allow": "GET"}
 
 
 class BadQuery(Exception):
@@ -76,6 +81,28 @@ def _is_upgrade(headers) -> bool:
     return "websocket" in headers.get("Upgrade", "").lower()
 
 
+def ws_header_problem(headers) -> tuple[int, str, dict | None] | None:
+    """RFC 6455 4.2.1, as SPEC 14 decides it: (status, body, extra headers) for an upgrade
+    request the gateway refuses, None when Host, version and key are right."""
+    hosts = headers.getall("Host", [])
+    if len(hosts) != 1 or not hosts[0]:
+        return 400, "an upgrade needs exactly one Host header", None
+    if headers.getall("Sec-WebSocket-Version", []) != ["13"]:
+        return 426, "unsupported WebSocket version: this server speaks version 13", \
+            {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+    keys = headers.getall("Sec-WebSocket-Key", [])
+    if len(keys) != 1 or not _valid_key(keys[0]):
+        return 400, "an upgrade needs exactly one Sec-WebSocket-Key, the base64 of 16 bytes", None
+    return None
+
+
+def _valid_key(key: str) -> bool:
+    try:
+        return len(b64decode(key.encode("ascii"), validate=True)) == 16
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        return False
+
+
 class Router:
     """picows' listener factory: answers HTTP, or returns the new session's listener."""
 
@@ -102,6 +129,13 @@ class Router:
             if static is not None:
                 return http.ok(*static)
         return self._reject(gw.unknown_stats, 404, "not found", "not_found")
+
+    def other_method(self, method: bytes, target: bytes):
+        """A request whose method is not GET, whatever its path: 405 with `Allow: GET`
+        (a WSUpgradeResponse; the reader writes it and hangs up). Everything this port
+        serves is a GET; the server API (POST /v1/publish ...) has its own listener."""
+        return self._reject(self.gw.unknown_stats, 405, "method not allowed: this port serves GET only "
+                            "(the server API listens on gateway.api.listen)", "bad_request", _ALLOW_GET).response
 
     def _reject(self, stats, status, body, reason, headers=None):
         stats.count_upgrade(status, reason)
@@ -156,6 +190,10 @@ class Router:
             connection = headers.get("Connection", "")
             if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
                 headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
+            problem = ws_header_problem(headers)
+            if problem is not None:
+                status, body, extra = problem
+                return Refusal(unknown, status, body, "bad_request", extra)
             try:
                 _validate_upgrade_request(request)
             except RuntimeError:

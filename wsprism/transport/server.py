@@ -1,18 +1,24 @@
 """The picows server on `gateway.listen`.
 
-We build picows' `WSProtocol` ourselves (through `loop.create_server`) instead of
-calling `ws_create_server`, so the router can reach the connection's transport and its
-peer address: picows' `WSUpgradeRequest` carries no peer address (PICOWS-NOTES).
+We build picows' protocol ourselves (through `loop.create_server`) instead of calling
+`ws_create_server`, so the router can reach the connection's transport and its peer
+address: picows' `WSUpgradeRequest` carries no peer address (PICOWS-NOTES). The
+protocol is `_fast.Protocol`, picows' `WSProtocol` with every read seen first: frame
+headers over the tenant's limit are refused before their payload is buffered, the read
+buffer returns to its idle size after a large message, and a method other than GET is
+answered by the router (405/404) instead of picows' 400 (wsprism/_fast/reader_py.py).
+Pings are answered by the session (picows' auto-pong is off) so a ping with a reserved
+bit set is refused like any other frame (RFC 6455, SPEC 14).
 """
 import asyncio
 import logging
 
 from picows import WSAutoPingStrategy
-from picows.picows import WSProtocol
+
+from .._fast import Protocol
 
 HANDSHAKE_TIMEOUT = 5.0        # seconds for a client to send its whole upgrade request
 READ_BUFFER_INIT = 4096        # picows' per-connection read buffer (grows for big frames)
-
 
 
 class _ClientFaults(logging.Filter):
@@ -38,9 +44,9 @@ TRANSPORT_FRAME_FLOOR = 1 << 20
 
 
 def transport_frame_limit(config) -> int:
-    """picows' own frame limit: twice the largest tenant limit, and at least 1 MiB.
-    Frames between a tenant's limit and this get PAYLOAD_TOO_LARGE + 1009 from us;
-    bigger ones are cut by picows with 1009 alone, before they are buffered."""
+    """picows' own frame limit, a backstop only: twice the largest tenant limit, and at
+    least 1 MiB. The reader refuses any frame over its tenant's limit from the header
+    (PAYLOAD_TOO_LARGE + 1009) before picows sees it."""
     return max(TRANSPORT_FRAME_FLOOR, 2 * max(t.limits.max_frame_bytes for t in config.tenants) + 1024)
 
 
@@ -58,15 +64,16 @@ async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: b
         def listener_factory(request):
             return router(request, proto)
 
-        proto = WSProtocol(
+        proto = Protocol(
             None, None, False, listener_factory, _picows_logger,
             True,                       # disconnect_on_exception
             HANDSHAKE_TIMEOUT,
             False, 20.0, 20.0, WSAutoPingStrategy.PING_WHEN_IDLE,   # our own liveness
-            True,                       # auto pong
+            False,                      # auto pong: the session answers pings
             frame_limit[1],             # follows reloads
             None,
             READ_BUFFER_INIT,
+            answer_method=router.other_method,
         )
         return proto
 

@@ -87,10 +87,11 @@ def read_answer(reply, ttl_ms: int) -> tuple[int, str, int, list]:
 class Feed:
     """This node's view of one room's numbered messages."""
 
-    __slots__ = ("room", "last", "epoch", "pending", "repairing", "cursors")
+    __slots__ = ("room", "route", "last", "epoch", "pending", "repairing", "cursors")
 
     def __init__(self, room: str) -> None:
         self.room = room
+        self.route = None         # (channel, the history step's arguments), made at the first publish
         self.last = None          # newest offset delivered to the live members here (None: not yet known)
         self.epoch = None
         self.pending: dict = {}   # offset -> frame, held past a gap
@@ -245,12 +246,23 @@ class RedisHistoryStore:
         self.size = size
         self.ttl_ms = ttl_ms
         self.meta_ttl_ms = max(ttl_ms, META_TTL_MS)
+        for feed in self.feeds.values():
+            feed.route = None
 
     # -- publishing ---------------------------------------------------------------------
+    def _route(self, room: str) -> tuple:
+        return (self.broker.room_channel(self.tenant.id, room),
+                (self.prefix, room, self.size, self.ttl_ms, self.meta_ttl_ms))
+
     def publish(self, room: str, head: bytes, tail: bytes):
-        broker = self.broker
-        queued = broker.publish_numbered(broker.room_channel(self.tenant.id, room),
-                                         (self.prefix, room, self.size, self.ttl_ms, self.meta_ttl_ms), head, tail)
+        feed = self.feeds.get(room)
+        if feed is None:
+            route = self._route(room)                # a room with no member here (the server API)
+        else:
+            route = feed.route
+            if route is None:
+                route = feed.route = self._route(room)
+        queued = self.broker.publish_numbered(route[0], route[1], head, tail)
         if queued is not None:
             self.last_queued = queued
             return None

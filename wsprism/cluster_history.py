@@ -223,7 +223,7 @@ class RedisHistoryStore:
     remote = True
 
     __slots__ = ("tenant", "broker", "prefix", "size", "ttl_ms", "meta_ttl_ms", "feeds", "outcomes", "replayed",
-                 "gaps", "unnumbered", "nbytes", "count", "last_queued")
+                 "gaps", "unnumbered", "nbytes", "count", "last_queued", "lost_rooms", "resets")
 
     def __init__(self, tenant, broker, size: int, ttl_ms: int) -> None:
         self.tenant = tenant
@@ -234,6 +234,8 @@ class RedisHistoryStore:
         self.replayed = 0
         self.gaps = {"repaired": 0, "lost": 0}  # feed gaps: filled from the stream, or no longer held
         self.unnumbered = 0                     # publishes delivered here only (broker down)
+        self.lost_rooms: set = set()            # rooms with such publishes since the link went
+        self.resets = 0                         # rooms whose history this node ended for them
         self.nbytes = self.count = 0            # kept in Redis, not here
         self.last_queued = None                 # (run, index) of the last publish, for `published`
         self.configure(size, ttl_ms)
@@ -268,6 +270,7 @@ class RedisHistoryStore:
             return None
         self.last_queued = None
         self.unnumbered += 1
+        self.lost_rooms.add(room)
         return build_frame(OP_TEXT, head + tail)
 
     async def _published(self, queued) -> tuple[int, str]:
@@ -285,6 +288,7 @@ class RedisHistoryStore:
         """History messages the broker could not send (it went down first): delivered
         here, unnumbered."""
         self.unnumbered += len(payloads)
+        self.lost_rooms.add(room)
         r = self.tenant.rooms.get(room)
         if r is not None:
             broadcast(r.members, b"".join(build_frame(OP_TEXT, p) for p in payloads), False)
@@ -408,10 +412,12 @@ class RedisHistoryStore:
 
     def _repaired(self, room: str, feed: Feed, fut) -> None:
         feed.repairing = False
-        if self.feeds.get(room) is not feed:
-            return                      # the room emptied meanwhile
         if fut.cancelled() or fut.exception() is not None:
             return                      # the link went: repaired after the reconnect
+        if room in self.lost_rooms:
+            self._end_epoch(room)       # after the gap's messages are read (delivered below)
+        if self.feeds.get(room) is not feed:
+            return                      # the room emptied meanwhile
         top, epoch, first, messages = fut.result()
         if epoch != feed.epoch or feed.last is None:
             if epoch != feed.epoch:
@@ -456,10 +462,26 @@ class RedisHistoryStore:
         self.gaps["lost"] += 1
 
     def relink(self) -> None:
-        """The broker is back (its subscriber link new): repair every feed's gap."""
+        """The broker is back (its subscriber link new): repair every feed's gap, then end
+        the history of each room this node published to unnumbered meanwhile."""
         for room, feed in self.feeds.items():
             if feed.last is not None and not feed.repairing:
                 self._repair(room, feed)
+        for room in list(self.lost_rooms):
+            feed = self.feeds.get(room)
+            if feed is None or not feed.repairing:
+                self._end_epoch(room)
+
+    def _end_epoch(self, room: str) -> None:
+        """Messages this node delivered unnumbered (Redis was down) are in no history, and
+        every client that was not here live missed them: the room's history ends (its
+        record and stream are deleted), so the next publish or read starts a new epoch and
+        every join with `since` from before hears `recovered: false` (SPEC 13: a loss is
+        always reported). Done after the outage's gap is repaired, so nothing the other
+        nodes published meanwhile is lost to this node's members."""
+        if self.broker.history_reset(self.prefix, room):
+            self.lost_rooms.discard(room)
+            self.resets += 1
 
     # -- the rest of the Store ------------------------------------------------------------
     def sweep(self, budget: int) -> bool:

@@ -428,3 +428,62 @@ def test_bad_since_with_a_broker_is_bad_request_and_the_session_stays(gateway_fa
         assert joined["data"]["offset"] == 0
         await ws.close()
     asyncio.run(main())
+
+
+def test_a_node_cut_from_redis_ends_the_history_it_could_not_number(gateway_factory, redis_server):
+    """Only node A loses Redis (a proxy in front of it is cut): what A publishes meanwhile
+    reaches A's members unnumbered and nobody else; B goes on numbering. When A is back,
+    its members get B's messages of the outage from the stream (in order, once), then A
+    ends the room's history: every join with `since` from before hears `recovered:
+    false`, because A's messages of the outage are in no history."""
+    from tests.redisproc import RedisProxy
+
+    proxy = RedisProxy(redis_server.port)
+    os.environ[ENV] = KEY
+    try:
+        a = gateway_factory(YAML.format(url=proxy.url, prefix="ch11", size=100, ttl=60000))
+        b = gateway_factory(YAML.format(url=redis_server.url, prefix="ch11", size=100, ttl=60000))
+    finally:
+        del os.environ[ENV]
+    wait(lambda: a.gw.cluster.up and b.gw.cluster.up)
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        _, j = await joined_now(alice, "p")
+        await joined_now(bob, "p")
+        epoch = j["data"]["epoch"]
+        await send_json(alice, chat("p", "before"))
+        for ws in (alice, bob):
+            assert [m["offset"] for m in await chats(ws, 1)] == [1]
+        proxy.cut()
+        wait(lambda: not a.gw.cluster.up)
+        await send_json(alice, chat("p", "a-during"))
+        (m,) = await chats(alice, 1)
+        assert m["data"]["msg"] == "a-during" and "offset" not in m
+        for i in range(3):
+            await send_json(bob, chat("p", f"b-during{i}"))
+        assert [m["offset"] for m in await chats(bob, 3)] == [2, 3, 4]
+        await expect_silence(bob, 0.2)                     # A's message never reached B
+        proxy.restore()
+        wait(lambda: a.gw.cluster.up, timeout=8)
+        got = await chats(alice, 3, timeout=5)             # the outage's gap, from the stream
+        assert [(m["data"]["msg"], m["offset"]) for m in got] == [(f"b-during{i}", i + 2) for i in range(3)]
+        wait(lambda: a.tenant("acme").history.resets == 1)
+        # a client that dropped before the outage cannot recover it: A's message is lost to it
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        before, joined = await joined_now(carol, "p", {"offset": 1, "epoch": epoch})
+        assert joined["data"]["recovered"] is False and joined["data"]["epoch"] != epoch
+        new = joined["data"]["epoch"]
+        await send_json(bob, chat("p", "after"))
+        for ws in (alice, bob, carol):
+            (m,) = await chats(ws, 1)
+            assert (m["data"]["msg"], m["offset"], m["epoch"]) == ("after", 1, new)
+        for ws in (alice, bob, carol):
+            await ws.close()
+    try:
+        asyncio.run(main())
+    finally:
+        proxy.stop()
+    assert sample(scrape(a), "wsprism_history_epoch_resets_total", tenant="acme") == 1
+    assert sample(scrape(a), "wsprism_history_unnumbered_total", tenant="acme") == 1

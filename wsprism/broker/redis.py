@@ -873,6 +873,17 @@ class RedisBroker:
         cmd.send("TIME")
         return cmd.call("EXEC")
 
+    def history_reset(self, prefix: str, room: str) -> bool:
+        """End a room's history (its record and stream deleted: the next step starts a new
+        epoch); False when down."""
+        cmd = self.cmd
+        if self.state == DOWN or cmd is None:
+            return False
+        if self._packs_scheduled:
+            self._flush_packs()
+        cmd.send("DEL", prefix + "hm:" + room, prefix + "hs:" + room)
+        return True
+
     def _flush_packs(self) -> None:
         self._packs_scheduled = False
         cmd = self.cmd

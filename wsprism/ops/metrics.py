@@ -91,7 +91,8 @@ def history_metrics(stores):
     their replay ends; `outcome` from history.OUTCOMES) and
     `wsprism_history_replayed_messages_total`; with a broker also
     `wsprism_history_gaps_total{tenant,outcome}` (repaired | lost) and
-    `wsprism_history_unnumbered_total{tenant}`. With a broker `_bytes` and `_messages`
+    `wsprism_history_unnumbered_total{tenant}` and
+    `wsprism_history_epoch_resets_total{tenant}`. With a broker `_bytes` and `_messages`
     are 0 (the messages are in Redis) and `_rooms` counts the rooms this node follows."""
     nbytes = GaugeMetricFamily("wsprism_history_bytes", "Bytes of the room messages kept for recovery", labels=["tenant"])
     count = GaugeMetricFamily("wsprism_history_messages", "Room messages kept for recovery", labels=["tenant"])
@@ -112,11 +113,14 @@ def history_metrics(stores):
                                    "stream, or lost (no longer held)", labels=["tenant", "outcome"])
         unnumbered = CounterMetricFamily("wsprism_history_unnumbered", "History messages delivered on their node "
                                          "only, without a position (the broker was down)", labels=["tenant"])
+        resets = CounterMetricFamily("wsprism_history_epoch_resets", "Rooms whose history this node ended after "
+                                     "publishing to them while the broker was down (a new epoch)", labels=["tenant"])
         for tid, store in remote:
             for outcome, n in store.gaps.items():
                 gaps.add_metric([tid, outcome], n)
             unnumbered.add_metric([tid], store.unnumbered)
-        out += [gaps, unnumbered]
+            resets.add_metric([tid], store.resets)
+        out += [gaps, unnumbered, resets]
     return out
 
 

@@ -9,6 +9,8 @@ import tempfile
 import threading
 import time
 
+from wsprism.loadgen.targets import redis_command
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -66,19 +68,7 @@ class RedisProc:
 
     def cmd(self, *args: str, timeout: float = 2.0):
         """One command over a fresh socket (redis-cli's job, without needing it)."""
-        import hiredis
-
-        reader = hiredis.Reader(encoding="utf-8", errors="replace")
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            s.sendall(hiredis.pack_command(args))
-            while True:
-                data = s.recv(1 << 16)
-                if not data:
-                    raise OSError("closed")
-                reader.feed(data)
-                reply = reader.gets()
-                if reply is not False:
-                    return reply
+        return redis_command(self.port, *args, timeout=timeout)
 
 
 class SilentRedis:

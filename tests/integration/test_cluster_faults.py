@@ -14,6 +14,8 @@ import pytest
 import websockets
 
 from tests.client import connect, connect_authed, http_get, recv, recv_json, request, send_json
+from tests.client import until as first
+from tests.procs import spawner
 from tests.redisproc import RedisProc, SilentRedis, free_port
 
 PY = sys.executable
@@ -84,16 +86,7 @@ class Node:
 
 @pytest.fixture
 def nodes(tmp_path):
-    started = []
-
-    def start(*args, **kw):
-        n = Node(tmp_path, f"n{len(started)}", *args, **kw)
-        started.append(n)
-        return n
-
-    yield start
-    for n in started:
-        n.stop()
+    yield from spawner(Node, tmp_path, "n")
 
 
 def until(pred, timeout=5.0, step=0.02):
@@ -111,16 +104,6 @@ async def join(ws, room):
     return await first(ws, lambda m: m["type"] in ("joined", "error"))
 
 
-async def first(ws, pred, timeout=3.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        raw = await recv(ws, max(0.05, deadline - time.monotonic()))
-        if isinstance(raw, bytes):
-            continue
-        import json
-        msg = json.loads(raw)
-        if pred(msg):
-            return msg
 
 
 def chat(room, text):

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.client import (
-    connect_authed, error_of, expect_silence, joined, left, recv, recv_json, request, send_json,
+    connect_authed, error_of, expect_silence, joined, left, recv, recv_json, request, send_json, until,
 )
 
 KEY = "cluster-rooms-api-key-0123456789abcdef"
@@ -53,16 +53,6 @@ def wait(pred, timeout=5.0):
         time.sleep(0.02)
 
 
-async def until(ws, pred, timeout=3.0) -> dict:
-    """The first text message `pred` accepts (others, and binary frames, are skipped)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        raw = await recv(ws, max(0.05, deadline - time.monotonic()))
-        if isinstance(raw, bytes):
-            continue
-        msg = json.loads(raw)
-        if pred(msg):
-            return msg
 
 
 async def join(ws, room):

@@ -156,12 +156,17 @@ class Health:
         assert not tracebacks, tracebacks[0].getMessage()
 
 
-@pytest.fixture
-def health(g, caplog):
+def watch(g, caplog):
+    """A fixture's body: the Health of `g`, checked once more at the end of the test."""
     caplog.set_level(logging.WARNING)
     h = Health(g, caplog)
     yield h
     h.check()
+
+
+@pytest.fixture
+def health(g, caplog):
+    yield from watch(g, caplog)
 
 
 # -- frame sequences -------------------------------------------------------------------------------
@@ -481,10 +486,7 @@ def g_broker(gateway_factory, redis_server):
 
 @pytest.fixture
 def health_broker(g_broker, caplog):
-    caplog.set_level(logging.WARNING)
-    h = Health(g_broker, caplog)
-    yield h
-    h.check()
+    yield from watch(g_broker, caplog)
 
 
 @settings(max_examples=ENVELOPE_EXAMPLES // 2, deadline=None,

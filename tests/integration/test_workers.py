@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 from tests.client import connect, connect_authed, expect_close, http_get, recv_json
+from tests.procs import spawner
 from tests.redisproc import free_port
 
 PY = sys.executable
@@ -90,16 +91,7 @@ class Host:
 
 @pytest.fixture
 def hosts(tmp_path):
-    started = []
-
-    def start(*args, **kw):
-        h = Host(tmp_path, f"h{len(started)}", *args, **kw)
-        started.append(h)
-        return h
-
-    yield start
-    for h in started:
-        h.stop()
+    yield from spawner(Host, tmp_path, "h")
 
 
 def metric(text: str, name: str, **labels) -> float:

@@ -326,6 +326,25 @@ class SpawnedTarget(Target):
                 pass
 
 
+
+def redis_command(port: int, *args: str, timeout: float = 2.0):
+    """One command to the redis-server on 127.0.0.1:`port` over a fresh socket (what
+    redis-cli would do, without needing it); the reply decoded as text."""
+    import hiredis
+
+    reader = hiredis.Reader(encoding="utf-8", errors="replace")
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(hiredis.pack_command(args))
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise OSError("closed")
+            reader.feed(data)
+            reply = reader.gets()
+            if reply is not False:
+                return reply
+
+
 class ClusterTarget(Target):
     """`--nodes N` (N > 1): a redis-server on a free port and N gateway processes from the
     same config, each its own broker node on its own port (as N workers would be; own
@@ -436,19 +455,7 @@ class ClusterTarget(Target):
 
     # -- what the runner samples around the measured window ----------------------------
     def redis_cmd(self, *args: str):
-        import hiredis
-
-        reader = hiredis.Reader(encoding="utf-8", errors="replace")
-        with socket.create_connection(("127.0.0.1", self.redis_port), timeout=2) as sock:
-            sock.sendall(hiredis.pack_command(args))
-            while True:
-                data = sock.recv(1 << 16)
-                if not data:
-                    raise OSError("closed")
-                reader.feed(data)
-                reply = reader.gets()
-                if reply is not False:
-                    return reply
+        return redis_command(self.redis_port, *args)
 
     @staticmethod
     def node_metrics(node: SpawnedTarget) -> dict:

@@ -79,13 +79,19 @@ class Raw:
         self.w.write(head + b"\0\0\0\0" + payload)       # a zero mask: the payload as is
 
     async def recv(self) -> bytes:
-        b0, b1 = await self.r.readexactly(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = struct.unpack("!H", await self.r.readexactly(2))[0]
-        elif n == 127:
-            n = struct.unpack("!Q", await self.r.readexactly(8))[0]
-        return await self.r.readexactly(n)
+        """The next data frame's payload; the gateway's pings are answered (a client that
+        never answers is closed at the idle timeout, which a long run reaches)."""
+        while True:
+            b0, b1 = await self.r.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await self.r.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await self.r.readexactly(8))[0]
+            payload = await self.r.readexactly(n)
+            if b0 & 0x0F != 0x9:
+                return payload
+            self.w.write(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)     # pong
 
     async def until(self, marker: bytes) -> tuple[int, bytes]:
         """Messages read until one containing `marker`: (how many before it, it)."""

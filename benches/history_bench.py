@@ -1,21 +1,27 @@
 """History (SPEC 13, issue 12) measured on a spawned gateway, over real sockets.
 
-    python benches/history_bench.py chat   [--repeat 5] [-- <wsprism bench chat arguments>]
-    python benches/history_bench.py join   [--joins 2000] [--behind 100] [--size 200]
+    python benches/history_bench.py chat   [--repeat 5] [--redis] [-- <wsprism bench chat arguments>]
+    python benches/history_bench.py join   [--joins 2000] [--behind 100] [--size 200] [--redis]
     python benches/history_bench.py memory [--rooms 1000] [--per-room 100] [--size 200]
 
 - chat: `wsprism bench chat` (default: a room of 1000, 1 sender at 20 msg/s, 5 s) on
   benches/configs/bench.yaml (history off) and benches/configs/bench-history.yaml (on),
   alternated run by run, so a drift of the machine hits both alike. Prints each run,
   then per config the median and min-max of server CPU per delivery and of p99, and
-  the on/off ratio of the medians (goal: CPU ≤ 1.1×).
+  the on/off ratio of the medians (goal: CPU ≤ 1.1×). `--redis`: both with a broker (a
+  redis-server started here), one node: history off, the room is on this node only and
+  costs Redis nothing; on, every message goes through the room's history step in Redis
+  and comes back on the feed before it is delivered.
 - join: a room holding more than `--behind` messages of about `--size` bytes (as
   delivered); one client joins with `since` = newest − behind, reads the replay up to
   `joined`, leaves, and again (`--joins` times), alternating with joins without
   `since` (the same room, same run, in alternating blocks of 100) as the baseline.
   Latency: from the join written to `joined` read, on a raw socket (no client library
   in the way; reading the 100 messages in Python is part of it). Also server CPU per
-  join and leave. Goal: p99 ≤ 5 ms.
+  join and leave. Goal: p99 ≤ 5 ms. `--redis`: the same against a gateway with a
+  broker (a redis-server started here on a free port): history in Redis streams, so
+  each join runs the join script and, with `since`, the history read (the seeder
+  stays in the room, so a plain join needs no read). Goal: p99 ≤ 15 ms.
 - memory: `--rooms` rooms, each sent `--per-room` chat messages of about `--size` bytes
   (one member per room, history size = per-room); gateway RSS growth from the messages
   (after joining, before sending; to after), and `wsprism_history_bytes`. Goal: ≤ 30 MiB
@@ -73,13 +79,19 @@ class Raw:
         self.w.write(head + b"\0\0\0\0" + payload)       # a zero mask: the payload as is
 
     async def recv(self) -> bytes:
-        b0, b1 = await self.r.readexactly(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = struct.unpack("!H", await self.r.readexactly(2))[0]
-        elif n == 127:
-            n = struct.unpack("!Q", await self.r.readexactly(8))[0]
-        return await self.r.readexactly(n)
+        """The next data frame's payload; the gateway's pings are answered (a client that
+        never answers is closed at the idle timeout, which a long run reaches)."""
+        while True:
+            b0, b1 = await self.r.readexactly(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", await self.r.readexactly(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", await self.r.readexactly(8))[0]
+            payload = await self.r.readexactly(n)
+            if b0 & 0x0F != 0x9:
+                return payload
+            self.w.write(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)     # pong
 
     async def until(self, marker: bytes) -> tuple[int, bytes]:
         """Messages read until one containing `marker`: (how many before it, it)."""
@@ -112,12 +124,36 @@ def pct(values: list[float], q: float) -> float:
 
 # -- chat: history off vs on, alternated -------------------------------------------------------
 
+def with_broker(config: Path, url: str, tmp: str) -> Path:
+    """A copy of `config` with `broker: {url}` (history, if on, then lives in Redis)."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["broker"] = {"url": url, "prefix": "hb"}
+    out = Path(tmp) / f"broker-{config.name}"
+    out.write_text(yaml.safe_dump(data))
+    return out
+
+
 def chat(args) -> int:
+    if not args.redis:
+        return _chat(args, OFF, ON)
+    from tests.redisproc import RedisProc
+
+    redis = RedisProc()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _chat(args, with_broker(OFF, redis.url, tmp), with_broker(ON, redis.url, tmp))
+    finally:
+        redis.stop()
+
+
+def _chat(args, off: Path, on: Path) -> int:
     bench = args.bench or ["--conns", "1000", "--rate", "20", "--duration", "5"]
     runs: dict[str, list[dict]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeat):
-            for name, cfg in (("off", OFF), ("on", ON)) if rep % 2 == 0 else (("on", ON), ("off", OFF)):
+            for name, cfg in (("off", off), ("on", on)) if rep % 2 == 0 else (("on", on), ("off", off)):
                 out = Path(tmp) / f"{name}-{rep}.jsonl"
                 cmd = [sys.executable, "-m", "wsprism", "bench", "chat", *bench, "--spawn", str(cfg),
                        "--repeat", "1", "--json", str(out), "--quiet"]
@@ -147,11 +183,30 @@ def chat(args) -> int:
 # -- join with since ---------------------------------------------------------------------------
 
 def join(args) -> int:
-    target = spawn(ON)
+    if not args.redis:
+        target = spawn(ON)
+        try:
+            return asyncio.run(_join(target, args))
+        finally:
+            target.stop()
+    import yaml
+
+    from tests.redisproc import RedisProc
+
+    redis = RedisProc()
+    data = yaml.safe_load(ON.read_text())
+    data["broker"] = {"url": redis.url, "prefix": "hb"}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(data, f)
     try:
-        return asyncio.run(_join(target, args))
+        target = spawn(Path(f.name))
+        try:
+            return asyncio.run(_join(target, args))
+        finally:
+            target.stop()
     finally:
-        target.stop()
+        redis.stop()
+        os.unlink(f.name)
 
 
 async def _join(target, args) -> int:
@@ -246,11 +301,13 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="what", required=True)
     a = sub.add_parser("chat")
     a.add_argument("--repeat", type=int, default=5)
+    a.add_argument("--redis", action="store_true", help="both configs with a broker (history in Redis when on)")
     a.add_argument("bench", nargs=argparse.REMAINDER)
     b = sub.add_parser("join")
     b.add_argument("--joins", type=int, default=2000)
     b.add_argument("--behind", type=int, default=100)
     b.add_argument("--size", type=int, default=200)
+    b.add_argument("--redis", action="store_true", help="with a broker: history in Redis")
     m = sub.add_parser("memory")
     m.add_argument("--rooms", type=int, default=1000)
     m.add_argument("--per-room", type=int, default=100)

@@ -115,3 +115,80 @@ class SilentRedis:
 
 def redis_available() -> bool:
     return REDIS_SERVER is not None and os.access(REDIS_SERVER, os.X_OK)
+
+
+class RedisProxy:
+    """A TCP forwarder in front of a redis-server, so a test can cut one gateway's links
+    to Redis while the others keep theirs: `cut()` closes every connection through it and
+    refuses new ones until `restore()`."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.open = True
+        self.conns: list = []
+        self.lock = threading.Lock()
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(("127.0.0.1", self.upstream), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.open = False
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def restore(self) -> None:
+        self.open = True
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.cut()
+        self.sock.close()

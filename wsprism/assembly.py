@@ -11,7 +11,8 @@ everything it calls, so the core imports nothing from above it:
   webhook forwarders and Python services, all registered the same way;
 - the admission rule (policy/sessions.py), the membership listeners (Python services'
   hooks), the tenant's auth (session_auth.py) and the shared HTTP client;
-- with `policy.history`, its history store (core/history.py; in memory).
+- with `policy.history`, its history store (core/history.py, in memory; with a broker,
+  cluster_history.py, in Redis).
 
 `apply` re-runs on reload: policy objects change for the next check; live state
 (sessions, rooms, counters, forwarders' queues, Python service instances) stays. The
@@ -22,6 +23,7 @@ import logging
 
 from ._fast import N_HOT_SERVICES
 from .auth import make_authenticator
+from .cluster_history import RedisHistoryStore
 from .core.dispatcher import Dispatcher, HandlerTable
 from .core.envelope import encode_error
 from .core.history import HistoryStore
@@ -102,8 +104,10 @@ def _apply_history(tenant: Tenant, cfg) -> None:
         if tenant.history is not None:
             tenant.set_history(None)
     elif tenant.history is None:
-        # with a broker, per node until the shared Redis store (docs/scaling.md)
-        tenant.set_history(HistoryStore(cfg.size, cfg.ttl_ms, per_node=tenant.cluster is not None))
+        if tenant.cluster is not None:          # with a broker: in Redis, shared by the nodes
+            tenant.set_history(RedisHistoryStore(tenant, tenant.cluster.broker, cfg.size, cfg.ttl_ms))
+        else:
+            tenant.set_history(HistoryStore(cfg.size, cfg.ttl_ms))
     else:
         tenant.history.configure(cfg.size, cfg.ttl_ms)
 

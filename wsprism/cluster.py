@@ -382,6 +382,22 @@ class Cluster:
         if drops:
             tenant.lane.bump(Counter.C_EGRESS_DROPS, drops * n)
 
+    def on_numbered(self, target, data: bytes) -> None:
+        """History messages numbered by the room's history step (every node's, ours too)."""
+        tenant = self.tenants.get(target[0])
+        history = tenant.history if tenant is not None else None
+        if history is not None and history.remote:
+            history.on_feed(target[1], data)
+
+    def on_unnumbered(self, target, payloads: list) -> None:
+        """History messages that never reached Redis (the link went first)."""
+        if target is None:
+            return
+        tenant = self.tenants.get(target[0])
+        history = tenant.history if tenant is not None else None
+        if history is not None and history.remote:
+            history.unnumbered_lost(target[1], payloads)
+
     def on_presence(self, target, joined: bool, user: str) -> None:
         tenant = self.tenants.get(target[0])
         if tenant is None or not tenant.presence_events:
@@ -413,7 +429,10 @@ class Cluster:
                 await self._resync_sessions(broker, tenant)
                 await self._resync_rooms(broker, tenant)
             if self.changes == mark:
-                return
+                break
+        for tenant in list(self.tenants.values()):
+            if tenant.history is not None and tenant.history.remote:
+                tenant.history.relink()     # what the feeds missed: read from the streams
 
     async def _resync_sessions(self, broker, tenant) -> None:
         stats = broker.stats.reconciled

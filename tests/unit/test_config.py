@@ -928,14 +928,12 @@ def test_broker_lease_and_prefix():
         "broker.prefix: invalid key prefix 'a:b' (expected 1-64 of A-Z a-z 0-9 _ . -)")
 
 
-def test_history_with_a_broker_is_said_to_be_per_node_at_start():
-    """Said once at start per tenant (docs/scaling.md): history with a broker is per node
-    until the shared Redis store, and never claims a recovery."""
+def test_history_with_a_broker_needs_no_warning_at_start():
+    """History with a broker is shared through Redis (cluster_history.py): nothing to warn
+    about at start, with a broker or without."""
     from wsprism.app import not_yet_supported
 
     data = put(put(base(), "tenants[0].policy.history", {"size": 10, "ttl_ms": 60000}),
                "broker.url", "redis://127.0.0.1:6379/0")
-    said = not_yet_supported(parse_config(dump(data)))
-    assert len(said) == 1 and said[0].startswith('tenant "acme": policy.history with a broker is per node')
-    assert "recovered: false" in said[0]
+    assert not_yet_supported(parse_config(dump(data))) == []
     assert not_yet_supported(parse_config(dump(put(base(), "tenants[0].policy.history", {"size": 10, "ttl_ms": 60000})))) == []

@@ -24,6 +24,8 @@ Tenant:   <p>:{T}:n            total sessions           <p>:{T}:seq   admission 
           <p>:{T}:nm:<node>    set   "<room> <user>" (a node's memberships)
           <p>:{T}:rs:<room>    hash  node -> that node's sessions in the room (`delivered`)
           <p>:{T}:c:<room>     channel of one room
+          <p>:{T}:hm:<room>    hash  history meta: e (epoch), s (top offset)
+          <p>:{T}:hs:<room>    stream  history: id <offset>-0, fields t (ms), d (message)
 """
 
 

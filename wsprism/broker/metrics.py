@@ -22,6 +22,9 @@
   Redis that came back empty; `wsprism_broker_reconciled_total{what,outcome}` their items
   (`session`/`membership`: `added`, `refused` (undone by the policy), `removed`).
 - `wsprism_broker_nodes_reaped_total`: dead nodes this node cleaned up.
+- `wsprism_broker_history_published_total`: history messages this node sent to their
+  room's history step (numbered, kept and published by Redis);
+  `wsprism_broker_history_received_total`: numbered publishes received (own included).
 """
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -41,7 +44,7 @@ RTT_BUCKETS = (
 class BrokerStats:
     __slots__ = (
         "published", "published_frames", "received", "received_frames", "local_frames", "dropped", "rtt",
-        "link_lost", "reconciliations", "reconciled", "reaped",
+        "link_lost", "reconciliations", "reconciled", "reaped", "published_history", "received_history",
     )
 
     def __init__(self) -> None:
@@ -56,6 +59,8 @@ class BrokerStats:
         self.reconciliations = {"ok": 0, "failed": 0}
         self.reconciled: dict[tuple[str, str], int] = dict.fromkeys(RECONCILED, 0)
         self.reaped = 0
+        self.published_history = 0         # history messages sent to their room's history step
+        self.received_history = 0          # 'O' publishes received (numbered history messages)
 
 
 def broker_metrics(broker):
@@ -93,4 +98,8 @@ def broker_metrics(broker):
     reaped.add_metric([], s.reaped)
     subs = GaugeMetricFamily("wsprism_broker_subscriptions", "Room channels this node is subscribed to")
     subs.add_metric([], len(broker.subs) + len(broker.lingering))
-    yield from (up, pub, pubf, rcv, rcvf, local, drop, rtt, lost, rec, items, reaped, subs)
+    hpub = CounterMetricFamily("wsprism_broker_history_published", "History messages sent to their room's history step")
+    hpub.add_metric([], s.published_history)
+    hrcv = CounterMetricFamily("wsprism_broker_history_received", "Numbered history publishes received (own included)")
+    hrcv.add_metric([], s.received_history)
+    yield from (up, pub, pubf, rcv, rcvf, local, drop, rtt, lost, rec, items, reaped, subs, hpub, hrcv)

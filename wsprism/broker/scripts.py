@@ -9,7 +9,7 @@ from importlib.resources import files
 
 NAMES = (
     "admit", "unadmit", "join", "leave", "renew", "dead_nodes", "reap", "forget_node",
-    "presence", "stats", "to_user", "room_nodes",
+    "presence", "stats", "to_user", "room_nodes", "hist_publish",
 )
 
 

@@ -13,8 +13,15 @@ On a room channel (`<p>:{T}:c:<room>`):
     'N' origin version                node `origin` has members in the room now
     'X' origin version                node `origin` has none left
 
-('O', reserved: room messages numbered by one broker step for history, delivered from
-the feed by every node, the origin included, in offset order.)
+    'O' origin first epoch len... '\n' messages
+                                      history (SPEC 13): messages numbered by the room's
+                                      history step (lua/hist_publish.lua), offsets first,
+                                      first+1, ...; delivered from this feed by every node,
+                                      the origin included, in offset order
+
+'O' is published by the history script, never by a node: its head is ASCII (decimal
+first offset, the epoch, each message's length, separated by spaces, then a newline),
+then the encoded messages (JSON text, positioned) back to back.
 
 `frames` are complete WebSocket server frames (header and payload, as a member's socket
 gets them), concatenated: every frame one node sends to one room in one event-loop turn
@@ -53,6 +60,7 @@ KICK = ord("K")
 TO_USER = ord("U")
 DISCONNECT = ord("D")
 PROBE = ord("P")
+NUMBERED = ord("O")
 
 KICK_REPLACED = "R"
 KICK_EXCEEDED = "K"
@@ -85,3 +93,16 @@ def control_body(data: bytes):
 
 def origin_of(data: bytes) -> bytes:
     return data[1:HEADER]
+
+
+def numbered_parts(data: bytes) -> tuple[int, str, list]:
+    """An 'O' message: (first offset, epoch, [message, ...])."""
+    nl = data.index(b"\n", HEADER)
+    head = data[HEADER:nl].split(b" ")
+    out = []
+    pos = nl + 1
+    for n in head[2:]:
+        end = pos + int(n)
+        out.append(data[pos:end])
+        pos = end
+    return int(head[0]), head[1].decode(), out

@@ -52,22 +52,21 @@ the session live. No message is missed, none is sent twice, and order is by offs
 - If the ring trims messages the cursor has not reached yet (a very slow reader in a
   busy room), the cursor jumps to the oldest message still held and the replay
   reports `recovered: false`: a loss is always reported.
-- With Redis (the broker's streams), one atomic step per publish assigns the offset,
-  appends to the room's stream (XADD with MAXLEN size) and publishes the positioned
-  frame, so the broker's order on a room's channel is the offset order, for every
-  node alike. A node delivers a history room's messages in that order, its own
-  publishes included (they come back from the broker rather than going out locally
-  first), and keeps, per room it holds, the newest offset it has delivered. The
-  joining session's cursor reads with XRANGE from its next offset; the node
-  subscribes to the room's channel before the first read, so anything published
-  after a read is on the channel; entries at or below the cursor are skipped by
-  offset. The session goes live in the turn where its cursor equals the node's newest
-  delivered offset for the room; until then the node reads again. A channel message
-  whose offset is not newest + 1 is a gap (missed while the broker link was down):
-  the node holds newer messages, fills the gap from the stream for all its members of
-  that room, then delivers in order. A gap the stream no longer covers shows as a
-  jump in offsets, which a client can see (and re-join with `since` to hear
-  `recovered: false`).
+- With Redis (the broker's streams, wsprism/cluster_history.py), one atomic step per
+  publish assigns the offset, appends to the room's stream (XADD with MAXLEN size) and
+  publishes the positioned messages, so the broker's order on a room's channel is the
+  offset order, for every node alike. A node delivers a history room's messages in
+  that order, its own publishes included (they come back from the broker rather than
+  going out locally first), and keeps, per room it holds, the newest offset it has
+  delivered. A joining session's cursor reads the room's position and the messages
+  after `since` in one script, the room's channel being subscribed first; what the
+  node delivers live meanwhile is appended to the cursor, so read and live traffic
+  merge by offset, and the session goes live once its cursor reaches the node's newest
+  delivered offset. A channel message whose offset is not newest + 1 is a gap (missed
+  while the broker link was down): the node holds newer messages, fills the gap from
+  the stream for all its members of that room, then delivers in order. A gap the
+  stream no longer covers shows as a jump in offsets, which a client can see (and
+  re-join with `since` to hear `recovered: false`).
 """
 from array import array
 from collections import OrderedDict
@@ -88,9 +87,8 @@ OTHER_EPOCH = "other_epoch"      # the client's epoch is not the room's (restart
 AHEAD = "ahead"                  # the client's offset is past the room's newest
 TRIMMED = "trimmed"              # messages after the client's offset were trimmed (size or ttl)
 ABORTED = "aborted"              # the session left, closed or stalled before its replay was over
-PER_NODE = "per_node"            # a store that sees only this node's publishes (a broker, until
-                                 # the shared Redis store): it cannot tell what it missed
-OUTCOMES = (RECOVERED, OTHER_EPOCH, AHEAD, TRIMMED, ABORTED, PER_NODE)
+UNAVAILABLE = "unavailable"      # the history could not be read (with a broker: Redis is down)
+OUTCOMES = (RECOVERED, OTHER_EPOCH, AHEAD, TRIMMED, ABORTED, UNAVAILABLE)
 
 SWEEP_BATCH = 500                # records looked at per sweep call (one loop turn)
 
@@ -101,6 +99,10 @@ def new_epoch() -> str:
 
 
 # --- `room:join` data ------------------------------------------------------------------
+
+class HistoryUnavailable(Exception):
+    """The history cannot be read now (with a broker: Redis is down)."""
+
 
 class BadSince(Exception):
     """A malformed `since` (or join `data`): BAD_REQUEST, the session stays."""
@@ -190,6 +192,10 @@ class Cursor(Protocol):
     def abort(self) -> None:
         """It will not finish (counted as `aborted`)."""
 
+    def park(self, wake) -> None:
+        """`take` gave nothing and it is not done (a store that reads remotely): call
+        `wake()` once there is more (or it is done)."""
+
 
 class Store(Protocol):
     """One tenant's room history as core/tenant.py uses it. `HistoryStore` keeps it in
@@ -217,14 +223,21 @@ class Store(Protocol):
     def vacated(self, room: str) -> None:
         """The room's last member left (its record stays `ttl_ms` from now)."""
 
+    remote: bool
+    """True when the store answers joins later (every join is a JoinRun, `since` or not)."""
+
     def position(self, room: str) -> tuple[int, str]:
-        """(newest offset, epoch)."""
+        """(newest offset, epoch), as this node knows it."""
+
+    def published(self, room: str):
+        """The position of the message `publish` took last (now, or an awaitable)."""
 
     def replay(self, room: str, since: "Since") -> Cursor:
         """The cursor for a join with `since` (the room is occupied by then)."""
 
     def read(self, room: str, since: int, epoch: str | None, limit: int) -> tuple[str, int, list, bool]:
-        """For the server API: (epoch, top, payloads after `since`, complete)."""
+        """For the server API: (epoch, top, payloads after `since`, complete) (or an
+        awaitable of it; HistoryUnavailable when it cannot be read now)."""
 
     def sweep(self, budget: int) -> bool:
         """Expire what is due, looking at ≤ budget records; True when more are due."""
@@ -391,16 +404,20 @@ class Replay:
         """The replay will not finish (the session left the room, closed or stalled)."""
         self.store.outcomes[ABORTED] += 1
 
+    def park(self, wake) -> None:       # never reached: `take` gives frames while not done
+        wake()
+
 
 # --- one tenant ------------------------------------------------------------------------
 
 class HistoryStore:
     """The history of one tenant's rooms, in process memory."""
 
-    __slots__ = ("size", "ttl", "rooms", "nbytes", "count", "outcomes", "replayed", "clock", "new_epoch",
-                 "per_node")
+    __slots__ = ("size", "ttl", "rooms", "nbytes", "count", "outcomes", "replayed", "clock", "new_epoch")
 
-    def __init__(self, size: int, ttl_ms: int, clock=monotonic, epochs=new_epoch, per_node: bool = False) -> None:
+    remote = False                      # answers joins at once (core/tenant.py)
+
+    def __init__(self, size: int, ttl_ms: int, clock=monotonic, epochs=new_epoch) -> None:
         self.rooms: OrderedDict[str, RoomHistory] = OrderedDict()   # by last activity, oldest first
         self.nbytes = 0                 # bytes of all stored frames
         self.count = 0                  # messages stored
@@ -408,10 +425,6 @@ class HistoryStore:
         self.replayed = 0               # messages handed to replays
         self.clock = clock
         self.new_epoch = epochs
-        # with a broker: the other nodes' messages to a room are delivered here live but
-        # not kept, so no replay is complete (`recovered: false`; this node's messages
-        # after `since` are replayed)
-        self.per_node = per_node
         self.configure(size, ttl_ms)
 
     def configure(self, size: int, ttl_ms: int) -> None:
@@ -446,6 +459,8 @@ class HistoryStore:
         """(newest offset, epoch) of the room, creating its record if needed."""
         rec = self._record(name, self.clock())
         return rec.top, rec.epoch
+
+    published = position                # the message just published is the room's top
 
     def expire(self, rec: RoomHistory) -> None:
         """Drop what `ttl_ms` and `size` no longer allow."""
@@ -501,8 +516,6 @@ class HistoryStore:
         rec = self._record(name, self.clock())
         self.expire(rec)
         start, outcome = decide(since.offset, since.epoch, rec.epoch, rec.top, rec.first)
-        if self.per_node and outcome == RECOVERED:
-            outcome = PER_NODE              # this node's messages after `since`, not all there were
         return Replay(self, rec, start, outcome)
 
     def read(self, name: str, since: int, epoch: str | None, limit: int) -> tuple[str, int, list, bool]:
@@ -512,8 +525,6 @@ class HistoryStore:
         rec = self._record(name, self.clock())
         self.expire(rec)
         start, outcome = decide(since, rec.epoch if epoch is None else epoch, rec.epoch, rec.top, rec.first)
-        if self.per_node and outcome == RECOVERED:
-            outcome = PER_NODE              # what is held after `since`, but not all there was
         end = min(rec.top, start + limit - 1)
         out = [_payload(rec.frame_at(o)) for o in range(start, end + 1)]
         return rec.epoch, rec.top, out, outcome == RECOVERED

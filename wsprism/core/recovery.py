@@ -19,6 +19,11 @@ the slow-consumer timer by its own volume (the "one reliable burst" of SPEC 13);
 its socket takes nothing for `writer_send_timeout_ms` the session is closed 4005 like
 any slow consumer (and counted in `wsprism_writer_timeouts_total`).
 
+A remote cursor (history in Redis, wsprism/cluster_history.py) may have nothing to hand
+out yet without being done: its read is on its way. The run then parks on it (no
+polling) and the cursor wakes it when the read answers or the broker's feed gives it
+more.
+
 While joining, the session may use the room (chat:send, presence, the Hot Lane): its
 own messages reach it through its replay, in offset order. A re-join waits for the
 same replay and gets its own `joined` then; a leave (or close) ends the replay
@@ -84,6 +89,9 @@ class JoinRun:
         if cursor.done:
             tenant.went_live(self)
             return True
+        if not frames:                          # a remote read still on its way: woken by it
+            cursor.park(self.step)
+            return False
         self.deadline = loop.time() + tenant.writer_send_timeout
         self.handle = loop.call_soon(self.step)   # after this turn's write (the corker's flush)
         return False

@@ -18,7 +18,11 @@ With `policy.history` the tenant holds a history store (core/history.py `Store`)
                (core/recovery.py; the session is joining, not live, meanwhile) ->
                live -> `joined` with the room's position -> hooks and `user_joined`
 
-Presence events and Hot Lane frames never go through the store.
+Presence events and Hot Lane frames never go through the store. With a broker the store
+is in Redis (wsprism/cluster_history.py, `remote`): `publish` hands the message to the
+broker's history step and returns no frame (this node's members get it from the
+broker's feed, numbered, like every other node's), and every join is a replay, since
+even the room's position is read from Redis unless this node already follows the room.
 
 With a broker (`cluster` set), every call still answers at once from this node's
 tables and delivers here at once; the cluster carries publishes to the other nodes
@@ -231,7 +235,8 @@ class Tenant:
         rooms = self.rooms
         new_room = room not in rooms.rooms
         history = self.history
-        run = JoinRun(self, history, session, room, answer) if history is not None and since is not None else None
+        run = (JoinRun(self, history, session, room, answer)
+               if history is not None and (since is not None or history.remote) else None)
         first_of_user = rooms.join(session, room, pending=run)     # RoomError: nothing counted
         if new_room and history is not None:
             history.occupied(room)
@@ -366,14 +371,17 @@ class Tenant:
         else:
             frame = history.publish(room, *encode_room_parts(svc, type_, room, data))
             r = self.rooms.get(room)
+            if frame is None:
+                # numbered by the broker's history step: every node, this one too,
+                # delivers it from its feed, in offset order (wsprism/cluster_history.py)
+                return 0 if r is None else len(r.members) + len(r.joining)
         n = 0
         if r is not None:
             members = r.members
             broadcast(members, frame, False)
             n = len(members) + len(r.joining)
         if cluster is not None:
-            # after the local fan-out; a later step moves a history room's numbering and
-            # this publish into one broker step (scaling.md)
+            # after the local fan-out (history with a broker down: unnumbered, counted as dropped)
             cluster.publish(self, room, r, frame, False)
         return n
 

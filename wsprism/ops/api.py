@@ -30,6 +30,7 @@ import logging
 import os
 import re
 from importlib.resources import files
+from inspect import isawaitable
 from typing import Annotated
 
 import msgspec
@@ -38,7 +39,7 @@ from aiohttp import web
 from .. import names
 from ..config import ConfigError, split_listen
 from ..core import codes
-from ..core.history import U64_MAX
+from ..core.history import U64_MAX, HistoryUnavailable
 from . import admin
 
 log = logging.getLogger("wsprism.api")
@@ -307,8 +308,15 @@ class ApiServer:
     async def publish(self, request: web.Request) -> web.Response:
         req, tenant = await self._body(request, PublishReq)
         out = {"delivered": tenant.publish(req.room, req.svc, req.type, req.data)}
-        if tenant.history is not None:          # the message's position (same turn: it is the top)
-            out["offset"], out["epoch"] = tenant.history.position(req.room)
+        if tenant.history is not None:          # the message's position (with a broker: once numbered)
+            position = tenant.history.published(req.room)
+            if isawaitable(position):
+                try:
+                    position = await position
+                except Exception:
+                    position = None             # the broker went down before numbering it
+            if position is not None:
+                out["offset"], out["epoch"] = position
         out["delivered"] += await tenant.remote_sessions(req.room)      # other nodes' (a broker)
         return _json(out)
 
@@ -344,7 +352,13 @@ class ApiServer:
             raise ApiError(400, "since out of range (u64)", "since")
         if tenant.history is None:
             raise ApiError(404, "history is not enabled for this tenant (policy.history)")
-        epoch, top, payloads, complete = tenant.history.read(req.room, req.since, req.epoch, req.limit)
+        found = tenant.history.read(req.room, req.since, req.epoch, req.limit)
+        if isawaitable(found):
+            try:
+                found = await found
+            except HistoryUnavailable:
+                raise ApiError(503, "history is unavailable: the broker is down") from None
+        epoch, top, payloads, complete = found
         return _json({"epoch": epoch, "offset": top, "complete": complete,
                       "messages": [msgspec.Raw(p) for p in payloads]})
 

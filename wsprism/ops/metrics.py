@@ -89,7 +89,11 @@ def history_metrics(stores):
     `wsprism_history_bytes`, `_messages`, `_rooms` (gauges),
     `wsprism_history_replays_total{tenant,outcome}` (joins with `since`, counted when
     their replay ends; `outcome` from history.OUTCOMES) and
-    `wsprism_history_replayed_messages_total`."""
+    `wsprism_history_replayed_messages_total`; with a broker also
+    `wsprism_history_gaps_total{tenant,outcome}` (repaired | lost) and
+    `wsprism_history_unnumbered_total{tenant}` and
+    `wsprism_history_epoch_resets_total{tenant}`. With a broker `_bytes` and `_messages`
+    are 0 (the messages are in Redis) and `_rooms` counts the rooms this node follows."""
     nbytes = GaugeMetricFamily("wsprism_history_bytes", "Bytes of the room messages kept for recovery", labels=["tenant"])
     count = GaugeMetricFamily("wsprism_history_messages", "Room messages kept for recovery", labels=["tenant"])
     rooms = GaugeMetricFamily("wsprism_history_rooms", "Rooms with a history record (with or without members)", labels=["tenant"])
@@ -102,7 +106,22 @@ def history_metrics(stores):
         for outcome in OUTCOMES:
             replays.add_metric([tid, outcome], store.outcomes[outcome])
         replayed.add_metric([tid], store.replayed)
-    return nbytes, count, rooms, replays, replayed
+    out = [nbytes, count, rooms, replays, replayed]
+    remote = [(tid, store) for tid, store in stores if store.remote]
+    if remote:                          # with a broker (cluster_history.py)
+        gaps = CounterMetricFamily("wsprism_history_gaps", "Gaps in a room's broker feed: repaired from the "
+                                   "stream, or lost (no longer held)", labels=["tenant", "outcome"])
+        unnumbered = CounterMetricFamily("wsprism_history_unnumbered", "History messages delivered on their node "
+                                         "only, without a position (the broker was down)", labels=["tenant"])
+        resets = CounterMetricFamily("wsprism_history_epoch_resets", "Rooms whose history this node ended after "
+                                     "publishing to them while the broker was down (a new epoch)", labels=["tenant"])
+        for tid, store in remote:
+            for outcome, n in store.gaps.items():
+                gaps.add_metric([tid, outcome], n)
+            unnumbered.add_metric([tid], store.unnumbered)
+            resets.add_metric([tid], store.resets)
+        out += [gaps, unnumbered, resets]
+    return out
 
 
 def make_registry(gateway) -> CollectorRegistry:

@@ -429,7 +429,7 @@ def test_silently_unsubscribed_subscriber_is_caught_by_the_probe(redis_server, c
         await wait_for(lambda: a.up and b.up)
         ch = a.room_channel("acme", "r")
         a.retain(ch, ("acme", "r"))
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: redis_server.cmd("PUBSUB", "NUMSUB", ch.decode())[1] == 1, timeout=3)
         # the server forgets a's subscriptions without closing anything
         from wsprism.broker.resp import pack_command
 
@@ -437,9 +437,8 @@ def test_silently_unsubscribed_subscriber_is_caught_by_the_probe(redis_server, c
         await wait_for(lambda: a.stats.link_lost[("subscriber", "probe")] == 1, timeout=3)
         assert any("probe did not come back" in x.getMessage() for x in caplog.records)
         await wait_for(lambda: a.up, timeout=3)
-        await asyncio.sleep(0.05)
-        assert redis_server.cmd("PUBSUB", "NUMSUB", ch.decode())[1] == 1      # resubscribed
-        assert a.stats.rtt["probe"].counts != [0] * len(a.stats.rtt["probe"].counts) or True
+        # resubscribed (on a loaded host the SUBSCRIBE may take more than a turn or two)
+        await wait_for(lambda: redis_server.cmd("PUBSUB", "NUMSUB", ch.decode())[1] == 1, timeout=3)
         await a.close()
         await b.close()
 

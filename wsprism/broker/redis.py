@@ -747,11 +747,13 @@ class RedisBroker:
         if self.state == DOWN or cmd is None:
             self.stats.dropped[_HOT_DROP_DOWN if lossy else _EXT_DROP_DOWN] += 1
             return False
+        # Whether another node is in the room is decided when the turn's packs go out, not
+        # here: a node arriving ('N') may be read in this same loop turn, after the frame
+        # (the notice reached our socket before the frame that follows its member's
+        # `joined`, but one poll can hand us both in either order). A room nobody else is
+        # in skips the link's marks: nothing of it will be sent.
         remote = self.remote.get(channel)
-        if remote is not None and not remote:
-            self.stats.local_frames[1 if lossy else 0] += 1     # nobody else is in the room
-            return True
-        if (cmd.paused if lossy else cmd.backlog() > RELIABLE_CAP):
+        if (remote is None or remote) and (cmd.paused if lossy else cmd.backlog() > RELIABLE_CAP):
             self.stats.dropped[("hot" if lossy else "ext", "backlog")] += 1
             return False
         lane = 1 if lossy else 0
@@ -900,11 +902,17 @@ class RedisBroker:
         stats = self.stats
         origin = self.origin
         packs, self._packs = self._packs, {}
+        remote_of = self.remote.get
         for channel, runs in packs.items():
+            remote = remote_of(channel)
+            alone = remote is not None and not remote
             for i in range(0, len(runs), 2):
                 lane, cur = runs[i], runs[i + 1]
                 if lane == NUMBERED_LANE:
                     self._send_numbered(cmd, channel, cur)
+                    continue
+                if alone:                   # nobody else is in the room
+                    stats.local_frames[lane] += 1 if type(cur) is bytes else len(cur)
                     continue
                 if type(cur) is bytes:
                     n, body = 1, cur

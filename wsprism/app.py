@@ -9,7 +9,7 @@ from ._fast import USING_EXTENSIONS
 from .auth import AuthSetupError
 from .config import ConfigError, load_config, split_listen
 from .gateway import Gateway
-from .ops import liveness, logs
+from .ops import gcfreeze, liveness, logs
 from .transport.server import start_server
 
 log = logging.getLogger("wsprism")
@@ -125,4 +125,5 @@ def run(config_path: str, log_level: str | None = None, log_format: str | None =
     logs.apply(config.gateway.log)
     install_loop()
     log.info("wsprism %s (compiled fast path %s)", __version__, "active" if USING_EXTENSIONS else "inactive")
-    return asyncio.run(serve(config, config_path))
+    gcfreeze.enable()       # the process is ours: keep the collector's full passes off the sessions
+    return asyncio.run(serve(config, config_path, ready=lambda gateway, server: gcfreeze.startup()))

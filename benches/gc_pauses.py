@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benches"))
+
+from idle_memory import free_port, raise_fd_limit, stop  # noqa: E402
 
 _HOOK = r"""
 import gc, json, os, runpy, signal, sys, time
@@ -45,12 +48,6 @@ signal.signal(signal.SIGUSR2, dump)
 sys.argv = ["wsprism"] + sys.argv[1:]
 runpy.run_module("wsprism", run_name="__main__", alter_sys=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
@@ -76,13 +73,8 @@ def main() -> int:
         if args.no_freeze:
             env["WSPRISM_GC_FREEZE"] = "0"
 
-        def limits():
-            import resource
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
         gw = subprocess.Popen([sys.executable, "-c", _HOOK, "start", "--config", str(cfg_path),
-                               "--log-level", "WARNING"], env=env, preexec_fn=limits)
+                               "--log-level", "WARNING"], env=env, preexec_fn=raise_fd_limit)
         client = more = None
         try:
             deadline = time.monotonic() + 30
@@ -114,19 +106,7 @@ def main() -> int:
                 raise RuntimeError("client did not get its connections up")
             later = _dump(gw, out)
         finally:
-            for c in (client, more):
-                if c is not None and c.poll() is None:
-                    try:
-                        c.stdin.write("\n")
-                        c.stdin.flush()
-                        c.wait(30)
-                    except (OSError, subprocess.TimeoutExpired):
-                        c.kill()
-            gw.send_signal(signal.SIGTERM)
-            try:
-                gw.wait(15)
-            except subprocess.TimeoutExpired:
-                gw.kill()
+            stop(gw, client, more)
     print(f"freeze {'off' if args.no_freeze else 'on'}")
     _report(f"opening {args.idle} idle sessions", ramp)
     _report(f"then {args.rate:g} connects/s for {args.seconds:g} s", churn)

@@ -67,6 +67,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def raise_fd_limit() -> None:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def stop(gw: subprocess.Popen, *clients) -> None:
+    """Let the client processes close their connections (a line on stdin), then stop the
+    gateway; kill what does not end in time."""
+    for c in clients:
+        if c is not None and c.poll() is None:
+            try:
+                c.stdin.write("\n")
+                c.stdin.flush()
+                c.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                c.kill()
+    gw.send_signal(signal.SIGTERM)
+    try:
+        gw.wait(15)
+    except subprocess.TimeoutExpired:
+        gw.kill()
+
+
 def rss(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -111,9 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.client:
-        import resource
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        raise_fd_limit()
         import uvloop
         uvloop.run(_clients(args.client[0], int(args.client[1]), int(args.client[2])))
         return 0
@@ -130,13 +152,8 @@ def main(argv=None) -> int:
         dumps.mkdir()
         env = dict(os.environ, IDLE_MEMORY_DUMP=str(dumps / "d"), PYTHONPATH=str(ROOT))
 
-        def limits():
-            import resource
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
         gw = subprocess.Popen([sys.executable, "-c", _HOOK, "start", "--config", str(cfg_path),
-                               "--log-level", "WARNING"], env=env, preexec_fn=limits)
+                               "--log-level", "WARNING"], env=env, preexec_fn=raise_fd_limit)
         client = None
         try:
             deadline = time.monotonic() + 30
@@ -171,18 +188,7 @@ def main(argv=None) -> int:
             s1, t1 = snapshot(1)
             r2 = rss(gw.pid)
         finally:
-            if client is not None and client.poll() is None:
-                try:
-                    client.stdin.write("\n")
-                    client.stdin.flush()
-                    client.wait(30)
-                except (OSError, subprocess.TimeoutExpired):
-                    client.kill()
-            gw.send_signal(signal.SIGTERM)
-            try:
-                gw.wait(15)
-            except subprocess.TimeoutExpired:
-                gw.kill()
+            stop(gw, client)
 
     n = args.conns
     stats = s1.compare_to(s0, "lineno")

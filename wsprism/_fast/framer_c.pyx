@@ -41,10 +41,14 @@ WRITE_BUFFER_IDLE = 256
 DEF _WRITE_BUFFER_IDLE = 256
 
 cdef object _UNSET = msgspec.UNSET
+cdef str _PAYLOAD_TOO_LARGE = _ErrorCode.PAYLOAD_TOO_LARGE.name
+cdef str _RATE_LIMITED = _ErrorCode.RATE_LIMITED.name
+cdef str _BAD_REQUEST = _ErrorCode.BAD_REQUEST.name
+cdef str _NOT_ALLOWED = _ErrorCode.NOT_ALLOWED.name
 
 
 cdef int _trim(WSTransport tr) except -1:
-    """What an upgraded connection no longer needs (framer_py.trim says what and why)."""
+    """What an upgraded connection no longer needs (framer_py._trim says what and why)."""
     cdef MemoryBuffer wb = tr._write_buffer
     cdef char* data
     tr.request = None
@@ -56,10 +60,6 @@ cdef int _trim(WSTransport tr) except -1:
             wb.capacity = _WRITE_BUFFER_IDLE
             wb.size = 0
     return 0
-cdef str _PAYLOAD_TOO_LARGE = _ErrorCode.PAYLOAD_TOO_LARGE.name
-cdef str _RATE_LIMITED = _ErrorCode.RATE_LIMITED.name
-cdef str _BAD_REQUEST = _ErrorCode.BAD_REQUEST.name
-cdef str _NOT_ALLOWED = _ErrorCode.NOT_ALLOWED.name
 
 
 cdef inline bint _close_code_valid(int code) noexcept:

@@ -69,7 +69,7 @@ _SEQ, _ACK = HotFlag.HOT_SEQ_PRESENT, HotFlag.HOT_ACK_REQUESTED
 _N_COUNTERS = Counter.N_COUNTERS
 
 
-def trim(transport) -> None:
+def _trim(transport) -> None:
     """Once upgraded, a connection no longer needs the handshake: picows keeps the request
     and our 101 response on the transport for the connection's life (`WSTransport.request`,
     `.response`: two `CIMultiDict`s with every header as a `str`, ~2 KB). Everything the
@@ -228,7 +228,7 @@ class Conn(Endpoint):
     # -- picows callbacks --------------------------------------------------------------
     def on_ws_connected(self, transport) -> None:
         self.transport = transport
-        trim(transport)
+        _trim(transport)
         self.host.on_connected(self)
 
     def on_ws_disconnected(self, transport) -> None:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benches"))
 
-from idle_memory import free_port, raise_fd_limit, stop  # noqa: E402
+from idle_memory import free_port, start_gateway, stop  # noqa: E402
 
 _HOOK = r"""
 import gc, json, os, runpy, signal, sys, time
@@ -73,17 +72,9 @@ def main() -> int:
         if args.no_freeze:
             env["WSPRISM_GC_FREEZE"] = "0"
 
-        gw = subprocess.Popen([sys.executable, "-c", _HOOK, "start", "--config", str(cfg_path),
-                               "--log-level", "WARNING"], env=env, preexec_fn=raise_fd_limit)
+        gw = start_gateway(_HOOK, cfg_path, port, env)
         client = more = None
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
             url = f"ws://127.0.0.1:{port}/v1/ws?tenant=bench&ticket=dev:idle{{i}}"
             client = subprocess.Popen([sys.executable, str(ROOT / "benches" / "idle_memory.py"), "--client", url,
                                        str(args.idle), "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

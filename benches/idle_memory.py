@@ -73,6 +73,21 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def start_gateway(hook: str, cfg_path: Path, port: int, env: dict) -> subprocess.Popen:
+    """`python -m wsprism start` run through `hook` (a script that ends by running the
+    module), once its port accepts connections (at most 30 s)."""
+    gw = subprocess.Popen([sys.executable, "-c", hook, "start", "--config", str(cfg_path),
+                           "--log-level", "WARNING"], env=env, preexec_fn=raise_fd_limit)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return gw
+
+
 def stop(gw: subprocess.Popen, *clients) -> None:
     """Let the client processes close their connections (a line on stdin), then stop the
     gateway; kill what does not end in time."""
@@ -152,18 +167,9 @@ def main(argv=None) -> int:
         dumps.mkdir()
         env = dict(os.environ, IDLE_MEMORY_DUMP=str(dumps / "d"), PYTHONPATH=str(ROOT))
 
-        gw = subprocess.Popen([sys.executable, "-c", _HOOK, "start", "--config", str(cfg_path),
-                               "--log-level", "WARNING"], env=env, preexec_fn=raise_fd_limit)
+        gw = start_gateway(_HOOK, cfg_path, port, env)
         client = None
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-
             def snapshot(k: int):
                 gw.send_signal(signal.SIGUSR2)
                 done = dumps / f"d.{k * 3}.done"

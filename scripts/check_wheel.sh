@@ -31,6 +31,9 @@ if "$work/venv/bin/python" -c "import Cython" 2>/dev/null; then
 fi
 "$work/venv/bin/wsprism" version | tee "$work/version.txt"
 grep -q "compiled fast path: active" "$work/version.txt"
+# the broker's Lua scripts ship as package data
+"$work/venv/bin/python" -c "from wsprism.broker.scripts import NAMES, SCRIPTS; assert len(SCRIPTS) == len(NAMES)" \
+  || { echo "check_wheel: broker Lua scripts missing from $wheel"; exit 1; }
 port=$("$work/venv/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
 sed "s/0.0.0.0:8080/127.0.0.1:$port/" wsprism.yaml > "$work/wsprism.yaml"
 (cd "$work" && exec "$work/venv/bin/wsprism" start --config wsprism.yaml > "$work/gw.log" 2>&1) &

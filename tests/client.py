@@ -2,6 +2,7 @@
 import asyncio
 import json
 import socket
+import time
 
 import websockets
 
@@ -39,6 +40,18 @@ async def recv_json(ws, timeout: float = TIMEOUT) -> dict:
     raw = await recv(ws, timeout)
     assert isinstance(raw, str), f"expected a text frame, got {raw!r}"
     return json.loads(raw)
+
+
+async def until(ws, pred, timeout: float = 3.0) -> dict:
+    """The first text message `pred` accepts (others, and binary frames, are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        raw = await recv(ws, max(0.05, deadline - time.monotonic()))
+        if isinstance(raw, bytes):
+            continue
+        msg = json.loads(raw)
+        if pred(msg):
+            return msg
 
 
 async def send_json(ws, obj) -> None:

@@ -127,3 +127,30 @@ def pytest_collection_modifyitems(config, items):
     # Without extensions only the python twin can run: drop the cython parametrization.
     if os.environ.get("WSPRISM_NO_EXTENSIONS"):
         items[:] = [i for i in items if "[cython" not in i.nodeid and "-cython" not in i.nodeid]
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A real redis-server on a free port for the module (tests use their own key prefix)."""
+    from tests.redisproc import RedisProc
+
+    proc = RedisProc()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def redis_factory():
+    """Fresh redis-servers for one test (to kill and restart them)."""
+    from tests.redisproc import RedisProc
+
+    started: list = []
+
+    def start(*extra: str) -> "RedisProc":
+        proc = RedisProc(None, *extra)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

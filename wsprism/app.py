@@ -9,7 +9,8 @@ from ._fast import USING_EXTENSIONS
 from .auth import AuthSetupError
 from .config import ConfigError, load_config, split_listen
 from .gateway import Gateway
-from .ops import gcfreeze, liveness, logs
+from .ops import gcfreeze, hostmetrics, liveness, logs
+from .ops.workers import WorkerInfo, supervise
 from .transport.server import start_server
 
 log = logging.getLogger("wsprism")
@@ -31,29 +32,36 @@ def make_ssl(tls):
     return ctx
 
 
-async def serve(config, config_path: str | None = None, ready=None) -> int:
-    """Run until drained. `ready(gateway, server)` is called once listening (tests)."""
+async def serve(config, config_path: str | None = None, ready=None, worker: WorkerInfo | None = None) -> int:
+    """Run until drained. `ready(gateway, server)` is called once listening (tests).
+    As one of `gateway.workers` (`worker` given), bind the supervisor's port with
+    SO_REUSEPORT and answer /metrics for the whole host (ops/hostmetrics.py)."""
     gateway = Gateway(config, config_path)      # imports Python services, reads API keys
+    gateway.worker = worker.index if worker is not None else None
     api = gateway.api
     api_cfg = config.gateway.api
     api_ssl = make_ssl(api_cfg.tls) if api_cfg is not None else None
     await gateway.start_services()              # their on_start, before any client comes
     host, port = split_listen(config.gateway.listen)
+    if worker is not None:
+        port = worker.port
     try:
         server = await start_server(gateway, host, port, ssl=make_ssl(config.gateway.tls),
-                                    reuse_port=config.gateway.workers > 1)
+                                    reuse_port=worker is not None)
     except BaseException:
         await gateway.stop_services()
         raise
     if api is not None:
         try:
-            await api.start(api_ssl)
+            await api.start(api_ssl, reuse_port=worker is not None)
         except BaseException:
             server.close()
             await gateway.stop_services()
             raise
         api_host = split_listen(api_cfg.listen)[0]
         log.info("server API active at %s://%s:%d", "https" if api_ssl else "http", api_host, api.port)
+    if gateway.cluster is not None:
+        gateway.cluster.start()
     bound = server.sockets[0].getsockname()
     listen = config.gateway.listen if port else f"{host}:{bound[1]}"
     log.info("wsPrism Gateway active at %s", listen)
@@ -82,28 +90,43 @@ async def serve(config, config_path: str | None = None, ready=None) -> int:
         loop.add_signal_handler(signal.SIGHUP, on_reload_signal)
     sweeper = loop.create_task(liveness.run(gateway))
     history_sweeper = loop.create_task(gateway.sweep_history())
+    snapshots = collector = None
+    if worker is not None:
+        gateway.metrics_registry, collector = hostmetrics.host_registry(
+            gateway.metrics_registry, worker.run_dir, worker.index)
+        snapshots = loop.create_task(hostmetrics.publish_snapshots(collector))
     if ready is not None:
         ready(gateway, server)
     await gateway.stop_requested.wait()
     await gateway.drain()
     server.close()
+    if gateway.cluster is not None:
+        await gateway.cluster.close()
     if api is not None:
         await api.stop()
     await gateway.stop_services()
     await gateway.http.close()
     sweeper.cancel()
     history_sweeper.cancel()
+    if snapshots is not None:
+        snapshots.cancel()
+        hostmetrics.write_snapshot(collector)       # the final counters, for the supervisor
     log.info("stopped")
     return 0
 
 
 def not_yet_supported(config) -> list[str]:
-    """Keys the config schema accepts (SPEC section 11) that this release does not act
-    on yet: said once at start, so no operator relies on them unknowingly."""
+    """What this release does not do yet with what the config asks: said once at start,
+    so no operator relies on it unknowingly."""
     out = []
-    if config.gateway.workers > 1 or config.broker is not None:
-        out.append("gateway.workers/broker: scale-out is not in this release; running one "
-                   "process with everything in memory")
+    if config.broker is not None:
+        for tenant in config.tenants:
+            if tenant.policy.history is not None:
+                out.append(f'tenant "{tenant.id}": policy.history with a broker is per node in this '
+                           "release: each node numbers and keeps the messages published on it; "
+                           "messages from other nodes are delivered live, not kept, and carry "
+                           "their node's offsets; so a join with since is never recovered "
+                           "(recovered: false) and GET /v1/history is never complete")
     return out
 
 
@@ -123,7 +146,14 @@ def run(config_path: str, log_level: str | None = None, log_format: str | None =
     logs.start(log_format, log_level)
     config = load_config(config_path)
     logs.apply(config.gateway.log)
+    worker = WorkerInfo.from_env()
+    if worker is not None:
+        logs.tag_worker(worker.index)
+    elif config.gateway.workers > 1:
+        log.info("wsprism %s: supervising %d workers", __version__, config.gateway.workers)
+        return supervise(config, config_path, log_level, log_format)
     install_loop()
     log.info("wsprism %s (compiled fast path %s)", __version__, "active" if USING_EXTENSIONS else "inactive")
     gcfreeze.enable()       # the process is ours: keep the collector's full passes off the sessions
-    return asyncio.run(serve(config, config_path, ready=lambda gateway, server: gcfreeze.startup()))
+    return asyncio.run(serve(config, config_path, worker=worker,
+                             ready=lambda gateway, server: gcfreeze.startup()))

@@ -38,12 +38,16 @@ from .session_auth import SessionAuth
 log = logging.getLogger("wsprism.gateway")
 
 
-def build_tenant(index: int, cfg, gateway_cfg, http, lifecycle, python: bool = True) -> Tenant:
+def build_tenant(index: int, cfg, gateway_cfg, http, lifecycle, python: bool = True, cluster=None) -> Tenant:
     """A new tenant from `tenants[index]`. Raises AuthSetupError, or ConfigError for a
     Python service that cannot be loaded (naming `tenants[index].services...`).
-    `python=False` (a tenant added by a reload) builds no Python service."""
+    `python=False` (a tenant added by a reload) builds no Python service. `cluster`:
+    the broker's side (wsprism/cluster.py), when the config has a broker."""
     tenant = Tenant(cfg.id)
     tenant.http = http
+    tenant.cluster = cluster
+    if cluster is not None:
+        tenant.lane.relay_tap = cluster.relay_tap     # the relay (in the framer) to other nodes
     tenant.auth = SessionAuth(cfg.id, None, http, lifecycle)     # apply() gives it the authenticator
     tenant.admission_rule = over_limit
     if python:
@@ -98,7 +102,8 @@ def _apply_history(tenant: Tenant, cfg) -> None:
         if tenant.history is not None:
             tenant.set_history(None)
     elif tenant.history is None:
-        tenant.set_history(HistoryStore(cfg.size, cfg.ttl_ms))
+        # with a broker, per node until the shared Redis store (docs/scaling.md)
+        tenant.set_history(HistoryStore(cfg.size, cfg.ttl_ms, per_node=tenant.cluster is not None))
     else:
         tenant.history.configure(cfg.size, cfg.ttl_ms)
 

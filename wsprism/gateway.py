@@ -7,6 +7,8 @@
     tenants                one assembled Tenant per configured tenant (assembly.py)
     defender, router       the handshake defender and picows' listener factory
     metrics_registry, api  /metrics, and the server API (ops/api.py; None when off)
+    cluster                the broker's side (cluster.py; None without `broker`), handed
+                           to every tenant
 
 It also runs what concerns the whole process: starting and stopping the Python
 services, drain and reload.
@@ -19,6 +21,8 @@ from .assembly import apply, build_tenant
 from .auth import make_authenticator
 from .backend.http import HttpClient
 from .backend.metrics import backend_metrics
+from .broker.metrics import broker_metrics
+from .cluster import Cluster
 from .core import codes
 from .core.history import SWEEP_BATCH
 from .core.session import Session
@@ -62,9 +66,10 @@ class Gateway:
         self.http = HttpClient()                # the one pooled client for webhooks (backend/http.py)
         self.tenants: dict = {}                 # tenant id -> core Tenant
         self.lifecycle = Lifecycle(self.corker, self.tenants, g.outbound_high_water_bytes, self._maybe_stopped)
+        self.cluster = Cluster(self.tenants, self.lifecycle, config.broker) if config.broker is not None else None
         for i, tcfg in enumerate(config.tenants):
             # AuthSetupError, or ConfigError for a Python service that does not load
-            self.tenants[tcfg.id] = build_tenant(i, tcfg, g, self.http, self.lifecycle)
+            self.tenants[tcfg.id] = build_tenant(i, tcfg, g, self.http, self.lifecycle, cluster=self.cluster)
         self.unknown_stats = TenantStats()      # handshakes refused before a tenant was known
         self.defender = Defender(g.handshake_limit, g.trusted_proxies)
         self.metrics_path = g.metrics.path.encode() if g.metrics.enabled else None
@@ -74,6 +79,7 @@ class Gateway:
         self.stop_requested = asyncio.Event()   # a signal, or request_stop()
         self.stopped = asyncio.Event()          # draining, and the last session is gone
         self.needs_peer_ip = False
+        self.worker: int | None = None          # this worker's index under gateway.workers > 1
         self._update_needs_ip()
         # built once, at start (a reload never imports or builds one): (config path, PythonService)
         self.python_services = [
@@ -114,6 +120,8 @@ class Gateway:
     # -- metrics beyond the per-tenant counters ----------------------------------------
     def extra_metrics(self):
         yield from backend_metrics(self)
+        if self.cluster is not None:
+            yield from broker_metrics(self.cluster.broker)
 
     # -- history -----------------------------------------------------------------------
     async def sweep_history(self, interval: float = HISTORY_SWEEP_INTERVAL) -> None:
@@ -193,7 +201,8 @@ class Gateway:
                 for name, svc in tcfg.services.items():
                     if svc.python is not None:
                         log.warning('tenant "%s": Python service "%s" needs a restart', tcfg.id, name)
-                staged[tcfg.id] = build_tenant(i, tcfg, new_gw, self.http, self.lifecycle, python=False)
+                staged[tcfg.id] = build_tenant(i, tcfg, new_gw, self.http, self.lifecycle, python=False,
+                                               cluster=self.cluster)
         for tcfg in new_config.tenants:
             current = self.tenants.get(tcfg.id)
             if current is not None:

@@ -52,18 +52,28 @@ class Lifecycle:
             return
         self.admit(session)
 
-    def admit(self, session) -> None:
-        """The user is known: apply the session policy, then greet with `authed`."""
+    def admit(self, session, broker: bool = True) -> None:
+        """The user is known: apply the session policy, then greet with `authed`. With a
+        broker up, Redis decides (the session stays PENDING until the cluster opens or
+        refuses it); `broker=False`: on this node's own counts (the broker failed meanwhile)."""
         tenant = session.tenant
         if session.sid is None:
             session.sid = session.trace_id
-        if not tenant.admit(session):
+        admitted = tenant.admit(session, broker)
+        if admitted is None:
+            return
+        if not admitted:
             session.refuse(codes.TOO_MANY_SESSIONS, "user is at max_sessions_per_user",
                            codes.CLOSE_TOO_MANY_SESSIONS)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("session refused: user at max_sessions_per_user",
                           extra=about(session, code=codes.TOO_MANY_SESSIONS))
             return
+        self.open(session)
+
+    def open(self, session) -> None:
+        """An admitted, registered session: OPEN, its bucket and expiry, then `authed`."""
+        tenant = session.tenant
         session.state = OPEN
         session.bucket = new_session_bucket(tenant.policy)
         tenant.auth.set_expiry(session, session.ticket_exp)

@@ -198,3 +198,30 @@ def test_pin_puts_the_server_and_the_clients_on_their_cpus(tmp_path, monkeypatch
 def test_pin_wants_two_cpu_lists(capsys, bad):
     assert main(["ping", "--spawn", str(CONFIG), "--pin", bad]) == 2
     assert "--pin wants SERVER:CLIENT CPU lists" in capsys.readouterr().err
+
+
+def test_nodes_spread_a_room_over_gateways_on_one_redis(tmp_path):
+    """`--nodes 1,2`: one gateway alone, then two broker nodes on a redis-server the bench
+    starts; the second target reports each node's CPU per delivery to its own members,
+    Redis' own cost and the publishes each node sent (frames per publish)."""
+    out = tmp_path / "runs.jsonl"
+    code = main(["hot", "--spawn", str(CONFIG), "--nodes", "1,2", "--conns", "8", "--rooms", "2",
+                 "--senders", "2", "--rate", "50", "--repeat", "1", "--duration", "0.5", "--warmup", "0.2",
+                 "--drain", "1", "--json", str(out), "--quiet"])
+    assert code == 0
+    runs = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert {r["target"] for r in runs} == {"wsprism", "wsprism x2 nodes"}
+    for r in runs:
+        assert r["case"].startswith(f"{r['scenario']} rooms=2x4 senders=2")
+        assert r["drops"] == 0 and r["delivered"] == r["expected"] > 0, r
+        srv = r["server"]
+        if r["target"] == "wsprism":
+            assert "nodes" not in srv
+            continue
+        names = [n["name"] for n in srv["nodes"]]
+        assert names == ["node0", "node1", "redis"]
+        assert all(n["cpu_us_per_delivery"] for n in srv["nodes"][:2]), srv
+        lane = "hot" if r["scenario"] == "hot" else "ext"
+        pubs = srv["node_publishes"][0][lane]
+        assert pubs["frames"] >= pubs["publishes"] > 0
+        assert "publish" in srv["commandstats"]

@@ -4,7 +4,8 @@
   variable, every `$variable` defined);
 - every metric name, label name and fixed label value used by a panel, a variable or an
   alert is in a live `/metrics` scrape of a gateway that has every optional part on
-  (server API, service webhook, webhook auth);
+  (server API, service webhook, webhook auth, a Redis broker), or of a `gateway.workers: 2`
+  host (the supervisor's and the per-worker families);
 - `promtool check rules` accepts the alerts and the dashboard's expressions (as recording
   rules), and `promtool test rules` passes alerts.test.yml;
 - a real Prometheus scraping that gateway evaluates every panel's expression without an
@@ -14,7 +15,9 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import aiohttp
@@ -46,6 +49,7 @@ gateway:
   api:
     listen: "127.0.0.1:0"
     keys: {acme: {env: WSPRISM_DASH_KEY}}
+broker: {url: "REDIS", prefix: "dash"}
 tenants:
   - id: acme
     policy:
@@ -67,14 +71,34 @@ def backend():
 
 
 @pytest.fixture(scope="module")
-def g(gateway_factory, backend):
+def g(gateway_factory, backend, redis_server):
     os.environ["WSPRISM_DASH_KEY"] = KEY
     try:
-        gw = gateway_factory(YAML.replace("BACKEND", f"http://127.0.0.1:{backend.port}"))
+        gw = gateway_factory(YAML.replace("BACKEND", f"http://127.0.0.1:{backend.port}")
+                             .replace("REDIS", redis_server.url))
     finally:
         del os.environ["WSPRISM_DASH_KEY"]
+    deadline = time.monotonic() + 5
+    while not gw.gw.cluster.up:
+        assert time.monotonic() < deadline, "broker did not come up"
+        time.sleep(0.02)
     traffic(gw)
     return gw
+
+
+@pytest.fixture(scope="module")
+def host_families(tmp_path_factory, redis_server) -> dict:
+    """One scrape of a supervised `gateway.workers: 2` host (worker restarts, `worker` labels)."""
+    from tests.integration.test_workers import Host
+
+    host = Host(tmp_path_factory.mktemp("dash-host"), "dash", redis_server.url, workers=2, prefix="dashw")
+    try:
+        host.wait_log("broker up at", count=2, timeout=15)
+        status, _, body = http_get(host.port, "/metrics")
+        assert status == 200
+        return parse_families(body.decode())
+    finally:
+        host.stop(signal.SIGTERM)
 
 
 def traffic(g) -> None:
@@ -105,12 +129,16 @@ def traffic(g) -> None:
 
 def scrape_families(g) -> dict:
     """{sample name: {label name: set of values}} from the gateway's /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     status, _, body = http_get(g.port, "/metrics")
     assert status == 200
-    out: dict = {}
-    for fam in text_string_to_metric_families(body.decode()):
+    return parse_families(body.decode())
+
+
+def parse_families(text: str, out: dict | None = None) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {} if out is None else out
+    for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             labels = out.setdefault(s.name, {})
             for k, v in s.labels.items():
@@ -205,8 +233,11 @@ def check_names(where: str, expr: str, families: dict) -> None:
             assert label in labels or label in PROMETHEUS_LABELS, f"{where}: cannot group by {label}"
 
 
-def test_every_metric_name_and_label_is_exported(g):
+def test_every_metric_name_and_label_is_exported(g, host_families):
     families = scrape_families(g)
+    for name, labels in host_families.items():
+        for k, values in labels.items():
+            families.setdefault(name, {}).setdefault(k, set()).update(values)
     exprs = panel_exprs(dashboard()) + variable_queries(dashboard()) + alert_exprs()
     for where, expr in exprs:
         check_names(where, expr, families)
@@ -219,7 +250,10 @@ def test_every_metric_name_and_label_is_exported(g):
                  "wsprism_webhook_duration_seconds_bucket", "wsprism_auth_webhook_requests_total",
                  "wsprism_api_requests_total", "wsprism_history_bytes", "wsprism_history_rooms",
                  "wsprism_history_messages", "wsprism_history_replays_total",
-                 "wsprism_history_replayed_messages_total"):
+                 "wsprism_history_replayed_messages_total", "wsprism_broker_up", "wsprism_broker_published_frames_total",
+                 "wsprism_broker_received_frames_total", "wsprism_broker_dropped_total",
+                 "wsprism_broker_roundtrip_seconds_bucket", "wsprism_broker_link_lost_total",
+                 "wsprism_broker_reconciled_total", "wsprism_worker_restarts_total"):
         assert spec in used, spec
 
 
@@ -240,7 +274,7 @@ def promtool(*args, cwd=None) -> subprocess.CompletedProcess:
 
 def test_alerts_pass_promtool_check_and_unit_tests():
     r = promtool("check", "rules", str(ALERTS))
-    assert r.returncode == 0 and "SUCCESS: 17 rules found" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "SUCCESS: 22 rules found" in r.stdout, r.stdout + r.stderr
     r = promtool("test", "rules", ALERT_TESTS.name, cwd=ALERT_TESTS.parent)
     assert r.returncode == 0 and "SUCCESS" in r.stdout, r.stdout + r.stderr
 

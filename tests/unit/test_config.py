@@ -910,3 +910,32 @@ def test_any_value_anywhere_gives_config_or_config_error(path, value):
         parse_config(dump(data))
     except ConfigError as e:
         assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("redis://h:99999/0", "the port must be a number from 0 to 65535"),
+    ("redis://h:6379/x", "the database (after the last /) must be a number"),
+])
+def test_broker_url_port_and_db(url, reason):
+    assert error_of(config_with(**{"broker.url": url})) == f"broker.url: {reason}"
+
+
+def test_broker_lease_and_prefix():
+    cfg = parse(config_with(**{"broker.url": "redis://h/0"}))
+    assert (cfg.broker.lease_ms, cfg.broker.prefix) == (5000, "wsp")
+    assert "broker.lease_ms" in error_of(config_with(**{"broker.url": "redis://h/0", "broker.lease_ms": 500}))
+    assert error_of(config_with(**{"broker.url": "redis://h/0", "broker.prefix": "a:b"})) == (
+        "broker.prefix: invalid key prefix 'a:b' (expected 1-64 of A-Z a-z 0-9 _ . -)")
+
+
+def test_history_with_a_broker_is_said_to_be_per_node_at_start():
+    """Said once at start per tenant (docs/scaling.md): history with a broker is per node
+    until the shared Redis store, and never claims a recovery."""
+    from wsprism.app import not_yet_supported
+
+    data = put(put(base(), "tenants[0].policy.history", {"size": 10, "ttl_ms": 60000}),
+               "broker.url", "redis://127.0.0.1:6379/0")
+    said = not_yet_supported(parse_config(dump(data)))
+    assert len(said) == 1 and said[0].startswith('tenant "acme": policy.history with a broker is per node')
+    assert "recovered: false" in said[0]
+    assert not_yet_supported(parse_config(dump(put(base(), "tenants[0].policy.history", {"size": 10, "ttl_ms": 60000})))) == []

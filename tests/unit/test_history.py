@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from wsprism.core.envelope import encode_message, encode_room_parts
 from wsprism.core.history import (
-    ABORTED, AHEAD, OTHER_EPOCH, RECOVERED, TRIMMED, U64_MAX, BadSince, HistoryStore, Since, _payload, decide,
+    ABORTED, AHEAD, OTHER_EPOCH, PER_NODE, RECOVERED, TRIMMED, U64_MAX, BadSince, HistoryStore, Since, _payload, decide,
     decode_since, new_epoch,
 )
 
@@ -258,8 +258,24 @@ def test_replay_outcomes_are_counted():
         r = s.replay("r", since)
         assert (r.outcome, r.recovered) == (outcome, outcome == RECOVERED)
         assert offsets(r.take(BIG)) == got and r.done and r.finish() == (30, "E1", outcome == RECOVERED)
-    assert s.outcomes == {RECOVERED: 2, TRIMMED: 1, AHEAD: 1, OTHER_EPOCH: 1, ABORTED: 0}
+    assert s.outcomes == {RECOVERED: 2, TRIMMED: 1, AHEAD: 1, OTHER_EPOCH: 1, ABORTED: 0, PER_NODE: 0}
     assert s.replayed == 5 + 30
+
+
+def test_a_per_node_store_never_claims_a_complete_replay():
+    """With a broker (until the shared store) a node keeps only its own publishes: what
+    would be a recovery replays what it has after `since`, and is `per_node`, not
+    recovered; the other outcomes stay what they are."""
+    s = HistoryStore(10, 10_000, clock=Clock(), epochs=epochs(), per_node=True)
+    for i in range(5):
+        publish(s, "r", i)
+    r = s.replay("r", Since(3, "E1"))
+    assert (r.outcome, r.recovered) == (PER_NODE, False)
+    assert offsets(r.take(BIG)) == [4, 5] and r.finish() == (5, "E1", False)
+    assert s.replay("r", Since(3, "nope")).outcome == OTHER_EPOCH
+    epoch, top, payloads, complete = s.read("r", 3, None, 10)
+    assert (epoch, top, len(payloads), complete) == ("E1", 5, 2, False)
+    assert s.outcomes[PER_NODE] == 1 and s.outcomes[RECOVERED] == 0
 
 
 def test_replay_in_chunks_follows_new_messages():

@@ -19,6 +19,7 @@ class CloseCode(IntEnum):
     CLOSE_POLICY = 1008              # bad envelope, bad version
     CLOSE_TOO_BIG = 1009             # frame larger than max_frame_bytes
     CLOSE_INTERNAL = 1011
+    CLOSE_TRY_AGAIN = 1013           # tenant full across nodes, found after the upgrade (broker)
     CLOSE_AUTH_EXPIRED = 4001
     CLOSE_IDLE = 4002
     CLOSE_KICKED = 4003              # replaced by a newer session, or kick_oldest

@@ -19,6 +19,7 @@ cdef class LanePolicy:
     cdef public object ext_entry
     cdef public object encode_error
     cdef readonly list hot_handlers
+    cdef public object relay_tap
 
     cdef inline void inc(self, int idx) noexcept:
         self.counts_[idx] += 1

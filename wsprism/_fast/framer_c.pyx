@@ -95,6 +95,7 @@ cdef class LanePolicy:
         self.ext_entry = None
         self.encode_error = None
         self.hot_handlers = [None] * N_HOT_SERVICES
+        self.relay_tap = None
 
     def configure(self, Py_ssize_t max_frame_bytes, bint hot_silent, bint hot_requires_room,
                   HotAllowlist hot_allow, TokenBucket bucket) -> None:
@@ -420,6 +421,8 @@ cdef class Conn(Endpoint):
             drops = 0 if self._enqueue(frame, True) else 1
         else:
             drops = broadcast(self.room_members, frame, True)
+            if self.lane.relay_tap is not None:     # a broker: the room's members on other nodes
+                self.lane.relay_tap(self, frame)
         if drops:
             self.lane.add(C_EGRESS_DROPS, drops)
         return 0

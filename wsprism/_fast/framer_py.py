@@ -107,7 +107,7 @@ class LanePolicy:
     the entries the framer hands messages to (set when the tenant is assembled)."""
 
     __slots__ = ("max_frame_bytes", "hot_silent", "hot_requires_room", "hot_allow", "bucket",
-                 "counts", "hot_seq", "hist_hot", "ext_entry", "encode_error", "hot_handlers")
+                 "counts", "hot_seq", "hist_hot", "ext_entry", "encode_error", "hot_handlers", "relay_tap")
 
     def __init__(self) -> None:
         self.max_frame_bytes = 4096
@@ -121,6 +121,7 @@ class LanePolicy:
         self.ext_entry = None          # ext_entry(session, payload): the Ext Lane after UTF-8
         self.encode_error = None       # encode_error(code, msg, seq, trace_id) -> bytes
         self.hot_handlers = [None] * N_HOT_SERVICES
+        self.relay_tap = None          # relay_tap(session, frame): the relay's frames for other nodes
 
     def configure(self, max_frame_bytes: int, hot_silent: bool, hot_requires_room: bool,
                   hot_allow, bucket) -> None:
@@ -442,6 +443,8 @@ class Conn(Endpoint):
             drops = 0 if self.enqueue(frame, True) else 1
         else:
             drops = broadcast(members, frame, True)
+            if self.lane.relay_tap is not None:     # a broker: the room's members on other nodes
+                self.lane.relay_tap(self, frame)
         if drops:
             self.lane.counts[Counter.C_EGRESS_DROPS] += drops
 

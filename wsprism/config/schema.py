@@ -219,6 +219,8 @@ class BrokerConfig(_Section, kw_only=True):
     """Redis shared by every worker and node (needed for workers > 1)."""
 
     url: NonEmptyStr
+    lease_ms: Annotated[int, Meta(ge=1_000, le=60_000)] = 5_000
+    prefix: str = "wsp"
 
 
 class Config(_Section, kw_only=True):

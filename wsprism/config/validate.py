@@ -7,6 +7,7 @@ static tickets) and URLs (which may carry credentials) are never echoed.
 import ipaddress
 import math
 import re
+from urllib.parse import urlsplit
 
 from .. import names
 from .schema import AuthConfig, Config, GatewayConfig, Policy, ServiceConfig, TenantConfig
@@ -92,6 +93,9 @@ def validate(cfg: Config) -> Config:
                 raise ConfigError(f"gateway.api.keys.{tenant_id}", "no tenant with this id")
     if cfg.broker is not None:
         _check_url(cfg.broker.url, "broker.url", ("redis://", "rediss://"))
+        _check_redis_url(cfg.broker.url)
+        if not names.TENANT_ID.fullmatch(cfg.broker.prefix):
+            raise ConfigError("broker.prefix", f"invalid key prefix {cfg.broker.prefix!r} (expected 1-64 of A-Z a-z 0-9 _ . -)")
     return cfg
 
 
@@ -265,6 +269,17 @@ def _check_url(url: str, path: str, schemes: tuple[str, ...]) -> None:
     # The URL is not echoed: it may hold a password (redis://:pw@host, https://user:pw@...).
     if not url.startswith(schemes) or url.endswith("://"):
         raise ConfigError(path, f"expected a URL starting with {' or '.join(schemes)}")
+
+
+def _check_redis_url(url: str) -> None:
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError("broker.url", "the port must be a number from 0 to 65535") from None
+    db = parts.path.lstrip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ConfigError("broker.url", "the database (after the last /) must be a number")
 
 
 def _check_env_name(name: str, path: str) -> None:

@@ -10,9 +10,20 @@ an error the client should see (a `sys.error` with that code; the session stays)
 handler that answers later (an awaited backend or service call) returns `DEFERRED`
 and sends its own reply and ack; otherwise the dispatcher acks (`ACK_REQUESTED` with a
 `seq`) after the handler's own replies.
+
+A built-in whose answer needs the broker (a join that Redis must admit for every node,
+an exact presence) uses `answer_later`: the session's later messages are *held* (kept
+in order in `session.held`, at most HELD_MAX) until the answer is sent, so a chat sent
+right after a join is handled once the join is done, and replies keep the order of the
+requests: the Ext Lane's allowlist refusal of a message that arrives meanwhile waits in
+the same queue (`error_in_turn`). A session that closes meanwhile (its own close, or a
+fatal frame) gets no further answer. Webhook forwarders and Python services keep their
+own per-session order and hold nothing.
 """
+import asyncio
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 import msgspec
@@ -20,7 +31,7 @@ import msgspec
 from .._fast import Counter, ExtFlag
 from . import codes
 from .envelope import encode_ack
-from .session import about
+from .session import OPEN, about
 
 log = logging.getLogger("wsprism.dispatch")
 
@@ -40,6 +51,9 @@ class ServiceError(Exception):
 
 # Returned by a handler whose answer comes later: the dispatcher then sends no ack.
 DEFERRED = object()
+
+HELD_MAX = 1024         # messages of one session held behind an unanswered join or query
+_answering: set = set()  # the tasks of answer_later (asyncio keeps only weak references)
 
 Handler = Callable[..., object]     # handler(session, env) -> None | DEFERRED
 
@@ -85,6 +99,13 @@ class Dispatcher:
         self.lane = lane
 
     def dispatch(self, session, env) -> None:
+        held = session.held
+        if held is not None:
+            if len(held) >= HELD_MAX:
+                session.send_error(codes.RESOURCE_EXHAUSTED, "too many messages waiting for an answer", env.seq)
+            else:
+                held.append(env)
+            return
         handler = self.table.find(env.svc, env.type)
         if handler is None:
             self.lane.bump(Counter.C_EXT_DENY_UNKNOWN_SERVICE)
@@ -109,3 +130,72 @@ class Dispatcher:
             stats.dispatch_ext.observe(perf_counter() - t0)
         if result is not DEFERRED and env.flags & _ACK and env.seq is not _UNSET:
             session.send(encode_ack(env.seq))
+
+
+def ack(session, env) -> None:
+    """The ack a deferred handler owes, once its answer went out."""
+    if env.flags & _ACK and env.seq is not _UNSET:
+        session.send(encode_ack(env.seq))
+
+
+def hold(session) -> None:
+    """The session's next messages wait (in order) until `release`."""
+    if session.held is None:
+        session.held = deque()
+
+
+def error_in_turn(session, code: str, msg: str, seq) -> None:
+    """A `sys.error` for a message refused before dispatch: now, or behind the held
+    messages of a session waiting for an answer, so replies keep the requests' order."""
+    held = session.held
+    if held is not None and len(held) < HELD_MAX:
+        held.append((code, msg, seq))
+    else:
+        session.send_error(code, msg, seq)
+
+
+def answer_later(session, env, awaitable: Awaitable, reply: Callable, *args) -> object:
+    """Hold the session's later messages; once `awaitable` is done, `reply(session, env,
+    result, *args)` and the ack (or a `sys.error`, if either raised ServiceError), then
+    handle what was held, in order. Returns DEFERRED (for the handler to return)."""
+    hold(session)
+    task = asyncio.get_running_loop().create_task(_answer(session, env, awaitable, reply, args))
+    _answering.add(task)
+    task.add_done_callback(_answering.discard)
+    return DEFERRED
+
+
+async def _answer(session, env, awaitable, reply, args) -> None:
+    try:
+        result = await awaitable
+        if session.state == OPEN:
+            reply(session, env, result, *args)
+            ack(session, env)
+    except ServiceError as exc:
+        session.tenant.stats.service_errors_ext += 1
+        session.send_error(exc.code, exc.msg, env.seq)
+    except Exception:
+        log.exception("service %s:%s failed", env.svc, env.type,
+                      extra=about(session, svc=env.svc, room=env.room, code=codes.INTERNAL))
+        session.tenant.stats.service_errors_ext += 1
+        session.send_error(codes.INTERNAL, "internal error", env.seq)
+    finally:
+        release(session)
+
+
+def release(session) -> None:
+    """Handle the messages held for `session`, in order, until one is held again."""
+    held = session.held
+    session.held = None
+    if not held or session.state != OPEN:
+        return                              # a session that left meanwhile: dropped
+    dispatch = session.tenant.dispatcher.dispatch
+    while held:
+        item = held.popleft()
+        if type(item) is tuple:             # a refusal kept in its turn (error_in_turn)
+            session.send_error(*item)
+            continue
+        dispatch(session, item)
+        if session.held is not None:        # held again (another join): the rest waits too
+            session.held.extend(held)
+            return

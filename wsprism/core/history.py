@@ -88,7 +88,9 @@ OTHER_EPOCH = "other_epoch"      # the client's epoch is not the room's (restart
 AHEAD = "ahead"                  # the client's offset is past the room's newest
 TRIMMED = "trimmed"              # messages after the client's offset were trimmed (size or ttl)
 ABORTED = "aborted"              # the session left, closed or stalled before its replay was over
-OUTCOMES = (RECOVERED, OTHER_EPOCH, AHEAD, TRIMMED, ABORTED)
+PER_NODE = "per_node"            # a store that sees only this node's publishes (a broker, until
+                                 # the shared Redis store): it cannot tell what it missed
+OUTCOMES = (RECOVERED, OTHER_EPOCH, AHEAD, TRIMMED, ABORTED, PER_NODE)
 
 SWEEP_BATCH = 500                # records looked at per sweep call (one loop turn)
 
@@ -395,9 +397,10 @@ class Replay:
 class HistoryStore:
     """The history of one tenant's rooms, in process memory."""
 
-    __slots__ = ("size", "ttl", "rooms", "nbytes", "count", "outcomes", "replayed", "clock", "new_epoch")
+    __slots__ = ("size", "ttl", "rooms", "nbytes", "count", "outcomes", "replayed", "clock", "new_epoch",
+                 "per_node")
 
-    def __init__(self, size: int, ttl_ms: int, clock=monotonic, epochs=new_epoch) -> None:
+    def __init__(self, size: int, ttl_ms: int, clock=monotonic, epochs=new_epoch, per_node: bool = False) -> None:
         self.rooms: OrderedDict[str, RoomHistory] = OrderedDict()   # by last activity, oldest first
         self.nbytes = 0                 # bytes of all stored frames
         self.count = 0                  # messages stored
@@ -405,6 +408,10 @@ class HistoryStore:
         self.replayed = 0               # messages handed to replays
         self.clock = clock
         self.new_epoch = epochs
+        # with a broker: the other nodes' messages to a room are delivered here live but
+        # not kept, so no replay is complete (`recovered: false`; this node's messages
+        # after `since` are replayed)
+        self.per_node = per_node
         self.configure(size, ttl_ms)
 
     def configure(self, size: int, ttl_ms: int) -> None:
@@ -494,6 +501,8 @@ class HistoryStore:
         rec = self._record(name, self.clock())
         self.expire(rec)
         start, outcome = decide(since.offset, since.epoch, rec.epoch, rec.top, rec.first)
+        if self.per_node and outcome == RECOVERED:
+            outcome = PER_NODE              # this node's messages after `since`, not all there were
         return Replay(self, rec, start, outcome)
 
     def read(self, name: str, since: int, epoch: str | None, limit: int) -> tuple[str, int, list, bool]:
@@ -503,6 +512,8 @@ class HistoryStore:
         rec = self._record(name, self.clock())
         self.expire(rec)
         start, outcome = decide(since, rec.epoch if epoch is None else epoch, rec.epoch, rec.top, rec.first)
+        if self.per_node and outcome == RECOVERED:
+            outcome = PER_NODE              # what is held after `since`, but not all there was
         end = min(rec.top, start + limit - 1)
         out = [_payload(rec.frame_at(o)) for o in range(start, end + 1)]
         return rec.epoch, rec.top, out, outcome == RECOVERED

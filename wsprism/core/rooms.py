@@ -25,13 +25,14 @@ class RoomError(Exception):
 
 
 class Room:
-    __slots__ = ("name", "members", "users", "joining")
+    __slots__ = ("name", "members", "users", "joining", "channel")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.members: dict = {}            # live sessions (the fan-out set): Session -> None, in join order
         self.users: dict[str, int] = {}    # user -> sessions of that user in the room (joining too)
         self.joining: dict = {}            # Session -> its join in progress (core/recovery.py)
+        self.channel = None                # its broker channel while it has members here (SPEC 11)
 
     @property
     def empty(self) -> bool:
@@ -53,6 +54,11 @@ class RoomTable:
         """Live or joining."""
         room = self.rooms.get(name)
         return room is not None and (session in room.members or session in room.joining)
+
+    def has_user(self, name: str, user: str) -> bool:
+        """Whether `user` has a session (live or joining) in the room on this node."""
+        room = self.rooms.get(name)
+        return room is not None and user in room.users
 
     def make_active(self, session, name: str) -> None:
         """A re-join of a room the session is in (live or joining): its active room again."""

@@ -38,7 +38,7 @@ class Session(Conn):
     __slots__ = (
         "tenant", "user", "sid", "ip", "rooms",
         "ticket_exp", "pending_ticket", "exp_handle", "refreshing",
-        "slow_handle", "idle_ticks", "registered", "ctx",
+        "slow_handle", "idle_ticks", "registered", "ctx", "held",
     )
 
     def __init__(self, host, tenant, user, sid, ip, exp) -> None:
@@ -56,6 +56,7 @@ class Session(Conn):
         self.idle_ticks = 0           # liveness sweeps without a frame (ops/liveness.py)
         self.registered = False       # in the tenant's registry and rooms
         self.ctx = None               # the session as Python services see it (made on first use)
+        self.held = None              # its Ext Lane messages waiting for an answer (core/dispatcher.py)
 
     @property
     def active_room(self):

@@ -5,9 +5,10 @@ Every way a message reaches a room goes through `publish` (reliable: chat, Pytho
 services' `gw.publish`, webhook answers' `publish` entries, the server API) or
 `publish_hot` (lossy: `gw.publish_hot`); every membership change through `admit`,
 `remove`, `join` and `leave`. These are the seams a broker wraps for scale-out
-(SPEC 11: fan-out, presence and exact limits across nodes) and where history numbers
-room messages (SPEC 13). The Hot Lane relay (svc 1) fans out inside the compiled
-framer, straight to the active room's members.
+(SPEC 11: fan-out, presence and exact limits across nodes; `cluster`, below) and where
+history numbers room messages (SPEC 13). The Hot Lane relay (svc 1) fans out inside the
+compiled framer, straight to the active room's members; with a broker, the lane's
+`relay_tap` hands each relayed frame to the cluster.
 
 With `policy.history` the tenant holds a history store (core/history.py `Store`):
 
@@ -18,6 +19,15 @@ With `policy.history` the tenant holds a history store (core/history.py `Store`)
                live -> `joined` with the room's position -> hooks and `user_joined`
 
 Presence events and Hot Lane frames never go through the store.
+
+With a broker (`cluster` set), every call still answers at once from this node's
+tables and delivers here at once; the cluster carries publishes to the other nodes
+(packed per room per loop turn, never awaited) and asks Redis where a limit must be
+exact across nodes: an admission (`admit` answers None, the cluster opens or refuses
+the session later) and a user's first session on this node in a room (`join` hands it
+to the cluster, which calls `enter` once Redis admitted it: between the limits and the
+replay). The server API's `*_counted`, `remote_sessions`, `presence_everywhere` and
+`totals` await Redis for figures over every node.
 
 The tenant is assembled beside the gateway (wsprism/assembly.py), which fills in what
 the core is handed: the lane policy's entries, the dispatcher's handler table, the
@@ -71,6 +81,27 @@ class MembershipListener(Protocol):
 AdmissionRule = Callable[[SessionRegistry, str, Any], tuple[bool, list]]
 
 
+class ClusterSeam(Protocol):
+    """What the tenant calls when a broker joins the nodes (wsprism/cluster.py; None
+    without one). Nothing here waits on Redis unless it is awaited."""
+
+    up: bool                                          # the broker answers (else: this node alone)
+
+    def admit(self, session) -> bool: ...             # True: Redis decides, then opens or refuses it
+    def admitted_locally(self, session) -> None: ...  # admitted on this node's counts (broker down)
+    def session_gone(self, session) -> None: ...
+    def join(self, session, room: str, since, answer) -> None: ...  # Redis admits it, then tenant.enter
+    def entered(self, session, room, first_of_user: bool) -> None: ...
+    def left(self, session, room, gone_here: bool, announce: bool) -> None: ...
+    def publish(self, tenant, name: str, room, frame: bytes, lossy: bool) -> None: ...
+    def to_user(self, tenant, user: str, frame: bytes) -> None: ...
+    async def to_user_counted(self, tenant, user: str, frame: bytes) -> int: ...
+    async def disconnect_user(self, tenant, user: str, code: int, reason: str) -> int: ...
+    async def remote_sessions(self, tenant, room: str) -> int: ...
+    async def presence(self, tenant, room: str, limit: int): ...   # (count, users) | None
+    async def totals(self, tenant): ...                            # (sessions, rooms, users) | None
+
+
 class Tenant:
     __slots__ = (
         # the core's own state
@@ -80,6 +111,8 @@ class Tenant:
         "cfg", "policy", "limits", "writer_send_timeout", "admission_rule",
         # the tenant's other parts, assembled beside the gateway
         "auth", "http", "ext_lane", "ext_allow", "dispatcher", "forwarders", "services",
+        # the broker's side (SPEC 11), None in one process
+        "cluster",
     )
 
     def __init__(self, tenant_id: str) -> None:
@@ -102,31 +135,56 @@ class Tenant:
         self.dispatcher = None      # core/dispatcher.py Dispatcher with the tenant's handler table
         self.forwarders: dict = {}  # svc -> wsprism/services/webhook.py Forwarder
         self.services: dict = {}    # svc -> wsprism/services/python.py PythonService
+        self.cluster: ClusterSeam | None = None
 
     @property
     def authenticator(self):
         return self.auth.authenticator
 
     # -- admission -----------------------------------------------------------------------
-    def admit(self, session) -> bool:
+    def admit(self, session, broker: bool = True) -> bool | None:
         """Register a session whose user is known: a live session of the same user and sid
         is replaced (`kicked` replaced, 4003), then the per-user rule applies. False when
-        the rule denies it (the caller refuses it with TOO_MANY_SESSIONS)."""
+        the rule denies it (the caller refuses it with TOO_MANY_SESSIONS). With a broker
+        up (and `broker`), Redis decides for every node: None, and the cluster opens or
+        refuses the session once it has answered."""
+        cluster = self.cluster
+        if broker and cluster is not None and cluster.admit(session):
+            return None
         reg = self.sessions
         old = reg.find(session.user, session.sid)
         if old is not None:
-            old.send(KICK_REPLACED)
-            old.close(codes.CLOSE_KICKED, "replaced")
+            self.kick(old, "replaced")
         denied, kick = self.admission_rule(reg, session.user, self.policy)
         if denied:
             self.stats.handshake_rejections["too_many_sessions"] += 1
             return False
         for victim in kick:
-            victim.send(KICK_EXCEEDED)
-            victim.close(codes.CLOSE_KICKED, "max sessions exceeded")
+            self.kick(victim, "max_sessions_exceeded")
+        self.register(session)
+        if cluster is not None:
+            cluster.admitted_locally(session)
+        return True
+
+    def register(self, session) -> None:
+        """Into the registry, once admitted (here, or by Redis for every node); a live
+        session with the same user and sid that Redis did not know is replaced."""
+        reg = self.sessions
+        old = reg.find(session.user, session.sid)
+        if old is not None and old is not session:
+            self.kick(old, "replaced")
         reg.add(session)
         session.registered = True
-        return True
+
+    @staticmethod
+    def kick(session, reason: str) -> None:
+        """`kicked` with `reason` (replaced | max_sessions_exceeded), then close 4003."""
+        if reason == "replaced":
+            session.send(KICK_REPLACED)
+            session.close(codes.CLOSE_KICKED, "replaced")
+        else:
+            session.send(KICK_EXCEEDED)
+            session.close(codes.CLOSE_KICKED, "max sessions exceeded")
 
     def remove(self, session) -> None:
         """Leave every room and the registry (idempotent): on close, kick and disconnect."""
@@ -138,13 +196,17 @@ class Tenant:
             self.leave(session, name)
         for listener in self.listeners:
             listener.disconnected(session)
+        if self.cluster is not None:
+            self.cluster.session_gone(session)
 
     # -- membership ----------------------------------------------------------------------
     def join(self, session, room: str, since, answer: JoinAnswer) -> bool:
         """Join (or re-join: make active again) a room; RoomError past a limit. `since`
         (history.Since or None) asks for the messages after it first. True when the join
         was answered now; False when `answer` is called later (its replay is still being
-        sent: the session is joining meanwhile, core/recovery.py)."""
+        sent: the session is joining meanwhile, core/recovery.py; or, with a broker up,
+        the user's first session here in the room waits for Redis to admit it for every
+        node: the cluster calls `enter`, or `answer.fail` with the limit that refused)."""
         rooms = self.rooms
         r = rooms.get(room)
         if r is not None:
@@ -157,17 +219,31 @@ class Tenant:
                 rooms.make_active(session, room)
                 answer(self._rejoin_position(room, since))
                 return True
+        cluster = self.cluster
+        if cluster is not None and cluster.up and not rooms.has_user(room, session.user):
+            cluster.join(session, room, since, answer)
+            return False
+        return self.enter(session, room, since, answer)
+
+    def enter(self, session, room: str, since, answer: JoinAnswer, first: bool | None = None) -> bool:
+        """The membership is admitted (here, or by Redis for every node: then `first` says
+        whether the user is new to the room anywhere): into the room, then `_admitted`."""
+        rooms = self.rooms
+        new_room = room not in rooms.rooms
         history = self.history
         run = JoinRun(self, history, session, room, answer) if history is not None and since is not None else None
         first_of_user = rooms.join(session, room, pending=run)     # RoomError: nothing counted
-        if r is None and history is not None:
+        if new_room and history is not None:
             history.occupied(room)
-        return self._admitted(session, room, since, answer, first_of_user, run)
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.entered(session, rooms.rooms[room], first_of_user)
+        return self._admitted(session, room, since, answer, first_of_user if first is None else first, run)
 
     def _admitted(self, session, room: str, since, answer: JoinAnswer, first_of_user: bool, run) -> bool:
         """The session holds its place in the room: live, or joining (`run`) when it has
         a replay to receive. Replay from since+1, then live, `joined`, hooks and
-        `user_joined`. A broker's admission (scale-out) sits between `rooms.join` and this."""
+        `user_joined`. A broker's admission (scale-out) comes before `rooms.join` (`enter`)."""
         if run is not None:
             run.start(run.store.replay(room, since), first_of_user)
             return run.step()
@@ -209,17 +285,22 @@ class Tenant:
             self.announce_joined(room, session.user)
 
     def announce_joined(self, room: str, user: str) -> None:
-        """`room.user_joined` to every member, when the tenant has presence events on."""
+        """`room.user_joined` to every member here, when the tenant has presence events on
+        (members on other nodes hear it from the broker's join step)."""
+        self.announce(room, "user_joined", user)
+
+    def announce(self, room: str, kind: str, user: str) -> None:
         r = self.rooms.get(room)
         if r is not None and self.presence_events:
-            self._deliver(r, encode_message("room", "user_joined", room, {"user": user}))
+            self.deliver(r, encode_message("room", kind, room, {"user": user}))
 
     def leave(self, session, room: str) -> bool:
         """Leave a room; False if the session was not in it. The user's last session
         leaving tells the others (`room.user_left`) when presence events are on. A
         joining session's replay ends; it had not entered the room (no hooks, no
         `user_left`), but if it was to announce the user and the user stays (another
-        session), `user_joined` goes out now."""
+        session), `user_joined` goes out now. With a broker, `user_left` waits for Redis
+        to say the user is in the room on no node."""
         r = self.rooms.get(room)
         run = r.joining.get(session) if r is not None else None
         r = self.rooms.leave(session, room)
@@ -228,13 +309,17 @@ class Tenant:
         if r.empty and self.history is not None:
             self.history.vacated(room)
         user = session.user
+        gone_here = user not in r.users
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.left(session, r, gone_here, run is None)
         if run is not None:
             run.cancel()
             if run.announce and user in r.users:
                 self.announce_joined(room, user)
             return True
-        if self.presence_events and r.members and user not in r.users:
-            self._deliver(r, encode_message("room", "user_left", room, {"user": user}))
+        if cluster is None and self.presence_events and r.members and gone_here:
+            self.deliver(r, encode_message("room", "user_left", room, {"user": user}))
         for listener in self.listeners:
             listener.left(session, room)
         return True
@@ -243,27 +328,54 @@ class Tenant:
         return self.rooms.is_member(session, room)
 
     def presence(self, room: str, limit: int = PRESENCE_USERS_CAP) -> Presence:
+        """This node's members (exact in one process)."""
         return Presence(*self.rooms.presence(room, limit))
+
+    async def presence_everywhere(self, room: str, limit: int = PRESENCE_USERS_CAP) -> Presence:
+        """Every node's members, from Redis, with a broker up; else this node's."""
+        cluster = self.cluster
+        if cluster is not None and cluster.up:
+            found = await cluster.presence(self, room, limit)
+            if found is not None:
+                return Presence(*found)
+        return self.presence(room, limit)
+
+    async def totals(self) -> tuple[int, int, int]:
+        """(sessions, rooms, users) of every node with a broker up; else this node's."""
+        cluster = self.cluster
+        if cluster is not None and cluster.up:
+            found = await cluster.totals(self)
+            if found is not None:
+                return found
+        return self.sessions.count, len(self.rooms.rooms), self.sessions.users
 
     # -- delivery ------------------------------------------------------------------------
     def publish(self, room: str, svc: str, type_: str, data: Any = _UNSET) -> int:
         """Reliable: `{"v":1,"svc","type","room","data"?}` to every member of `room`,
         encoded once. With history, `"offset":N,"epoch":"E"` after `room`, and the frame
         is kept (even for a room with no member). Returns how many sessions it went to
-        (joining members get it through their replay and are counted)."""
+        (joining members get it through their replay and are counted). With a broker,
+        the other nodes' members get it too; the count is this node's."""
         history = self.history
+        cluster = self.cluster
         if history is None:
             r = self.rooms.get(room)
-            if r is None:
-                return 0
-            return self._deliver(r, encode_message(svc, type_, room, data))
-        frame = history.publish(room, *encode_room_parts(svc, type_, room, data))
-        r = self.rooms.get(room)
-        if r is None:
-            return 0
-        members = r.members
-        broadcast(members, frame, False)
-        return len(members) + len(r.joining)
+            if cluster is None:
+                return 0 if r is None else self.deliver(r, encode_message(svc, type_, room, data))
+            frame = build_frame(OP_TEXT, encode_message(svc, type_, room, data))
+        else:
+            frame = history.publish(room, *encode_room_parts(svc, type_, room, data))
+            r = self.rooms.get(room)
+        n = 0
+        if r is not None:
+            members = r.members
+            broadcast(members, frame, False)
+            n = len(members) + len(r.joining)
+        if cluster is not None:
+            # after the local fan-out; a later step moves a history room's numbering and
+            # this publish into one broker step (scaling.md)
+            cluster.publish(self, room, r, frame, False)
+        return n
 
     def set_history(self, store) -> None:
         """Turn history on (a new store: every room starts a new epoch) or off (None)."""
@@ -275,39 +387,82 @@ class Tenant:
             for name in self.rooms.rooms:
                 store.occupied(name)
 
+    async def remote_sessions(self, room: str) -> int:
+        """Sessions in `room` on the other nodes (with a broker up, as they last told
+        Redis; 0 otherwise): with `publish`'s own count, the server API's `delivered`."""
+        cluster = self.cluster
+        if cluster is None or not cluster.up:
+            return 0
+        return await cluster.remote_sessions(self, room)
+
     def publish_hot(self, room: str, frame: bytes) -> int:
         """Lossy: one binary frame carrying `frame` (a whole Hot Lane message, header
         included) to every member of `room`, through the same corked fan-out as the relay;
-        members over their high-water mark are skipped and counted. Returns how many got it."""
+        members over their high-water mark are skipped and counted, and with a broker the
+        other nodes get it packed with the loop turn's other frames for the room (dropped,
+        counted, when the link is over its mark). Returns how many got it here."""
         r = self.rooms.get(room)
-        if r is None:
+        cluster = self.cluster
+        if r is None and cluster is None:
             return 0
-        members = r.members
-        drops = broadcast(members, build_frame(OP_BINARY, frame), True)
-        if drops:
-            self.lane.bump(Counter.C_EGRESS_DROPS, drops)
-        return len(members) - drops
+        out = build_frame(OP_BINARY, frame)
+        n = 0
+        if r is not None:
+            members = r.members
+            drops = broadcast(members, out, True)
+            if drops:
+                self.lane.bump(Counter.C_EGRESS_DROPS, drops)
+            n = len(members) - drops
+        if cluster is not None:
+            cluster.publish(self, room, r, out, True)
+        return n
 
     def send_to_user(self, user: str, svc: str, type_: str, data: Any = _UNSET) -> int:
-        """Reliable, to every open session of `user`; returns how many."""
+        """Reliable, to every open session of `user` (with a broker, on every node);
+        returns how many on this node."""
+        frame = build_frame(OP_TEXT, encode_message(svc, type_, None, data))
+        n = self.deliver_to_user(user, frame)
+        if self.cluster is not None:
+            self.cluster.to_user(self, user, frame)
+        return n
+
+    async def send_to_user_counted(self, user: str, svc: str, type_: str, data: Any = _UNSET) -> int:
+        """`send_to_user`, answering how many sessions it reached on every node."""
+        frame = build_frame(OP_TEXT, encode_message(svc, type_, None, data))
+        n = self.deliver_to_user(user, frame)
+        if self.cluster is not None:
+            n += await self.cluster.to_user_counted(self, user, frame)
+        return n
+
+    def deliver_to_user(self, user: str, frame: bytes) -> int:
+        """A built frame to this node's open sessions of `user`."""
         sessions = [s for s in self.sessions.sessions_of(user) if s.state == OPEN]
         if sessions:
-            frame = build_frame(OP_TEXT, encode_message(svc, type_, None, data))
             broadcast(sessions, frame, False)
         return len(sessions)
 
     def disconnect_user(self, user: str, code: int, reason: str = "") -> int:
+        """Close this node's open sessions of `user`; returns how many."""
         victims = [s for s in self.sessions.sessions_of(user) if s.state == OPEN]
         for session in victims:
             session.close(code, reason)
         return len(victims)
 
+    async def disconnect_user_counted(self, user: str, code: int, reason: str = "") -> int:
+        """Close every open session of `user` on every node; returns how many."""
+        n = self.disconnect_user(user, code, reason)
+        if self.cluster is not None:
+            n += await self.cluster.disconnect_user(self, user, code, reason)
+        return n
+
     def disconnect_sid(self, sid: str, code: int, reason: str = "") -> int:
+        """Close this node's open sessions with `sid`; returns how many."""
         victims = [s for s in self.sessions.with_sid(sid) if s.state == OPEN]
         for session in victims:
             session.close(code, reason)
         return len(victims)
 
-    def _deliver(self, room, data: bytes) -> int:
+    def deliver(self, room, data: bytes) -> int:
+        """A reliable text message to every member of `room` (a Room) on this node."""
         broadcast(room.members, build_frame(OP_TEXT, data), False)
         return len(room.members)

@@ -69,6 +69,20 @@ class WorkerSpec:
     drain: float = 2.0
     index: int = 0
     svc_id: int = 1  # hot: the svc_id sent, and the first byte of the frames counted back
+    rooms: int = 1  # chat/hot: members spread over this many rooms (room<k>, k = id % rooms)
+    nodes: int = 1  # gateway nodes in `urls` ("|"-separated): senders on node 0, the others spread
+    all_senders: frozenset = frozenset()  # global ids of every sender (which node a connection is on)
+    spread: bool = False  # senders spread over the nodes like everyone else
+
+    def node_of(self, uid: int) -> int:
+        """Senders on node 0 (unless `spread`); the other members of each room spread over
+        the nodes."""
+        if self.nodes == 1 or (uid in self.all_senders and not self.spread):
+            return 0
+        return (uid // self.rooms) % self.nodes
+
+    def room_of(self, uid: int) -> str:
+        return self.room if self.rooms == 1 else f"{self.room}{uid % self.rooms}"
 
 
 class ServerError(Exception):
@@ -152,7 +166,9 @@ class Worker:
     # -- connections -----------------------------------------------------------------
 
     def url(self, i: int) -> str:
-        return self.spec.urls.replace("{i}", str(i))
+        spec = self.spec
+        urls = spec.urls if spec.nodes == 1 else spec.urls.split("|")[spec.node_of(i)]
+        return urls.replace("{i}", str(i))
 
     async def open(self, cls, gid: int, uid: int) -> "BenchConn":
         """Connect and wait for `authed`; raises on any failure (bounded by the timeout)."""
@@ -200,11 +216,11 @@ class Worker:
         await asyncio.gather(*(lane() for _ in range(min(SETUP_CONCURRENCY, spec.count))))
 
     async def join_all(self) -> int:
-        join = JOIN % self.spec.room
+        spec = self.spec
 
         async def one(conn):
             try:
-                conn.transport.send(TEXT, join)
+                conn.transport.send(TEXT, JOIN % spec.room_of(conn.gid))
                 await conn.expect(b'"joined"', self.spec.connect_timeout)
                 return True
             except Exception as exc:  # noqa: BLE001
@@ -451,6 +467,7 @@ class RoomConn(BenchConn):
     def __init__(self, w: Worker, gid: int) -> None:
         super().__init__(w, gid)
         self.is_sender = gid in w.spec.senders
+        self.room = w.spec.room_of(gid)
         self.pad = "x" * max(0, w.spec.size - 24)
         self.hot_pad = b"x" * max(0, w.spec.size - 12)
 
@@ -463,7 +480,7 @@ class RoomConn(BenchConn):
         if w.spec.scenario == "hot":
             self.transport.send(BINARY, HOT.pack(w.spec.svc_id, w.spec.opcode, 0, now, self.gid) + self.hot_pad)
         else:
-            self.transport.send(TEXT, CHAT % (w.spec.room, now, self.gid, self.pad))
+            self.transport.send(TEXT, CHAT % (self.room, now, self.gid, self.pad))
 
     def delivered(self, now: int, ts: int) -> None:
         """Count one room message received at `now` that was sent at `ts` (ns)."""
@@ -659,6 +676,7 @@ async def _main(spec: WorkerSpec, pipe, setup_timeout: float) -> None:
         "recv_win": sum(c.recv_win for c in w.conns) if spec.scenario != "connect" else w.sessions,
         "recv_arr": sum(c.recv_arr for c in w.conns) if spec.scenario != "connect" else w.sessions_arr,
         "recv_total": sum(c.recv_total for c in w.conns),
+        "recv_arr_nodes": [sum(c.recv_arr for c in w.conns if spec.node_of(c.gid) == k) for k in range(spec.nodes)],
         "skipped": w.skipped,
         "lost": w.lost,
         "errors": dict(w.errors),

@@ -10,7 +10,9 @@ import sys
 from . import targets as _targets
 from .report import render_text, summarize
 from .runner import Case, run_once
-from .targets import BASELINES, DEFAULT_BASELINES, ExternalTarget, SpawnedTarget, Target, TargetError, bench_identity
+from .targets import (
+    BASELINES, DEFAULT_BASELINES, ClusterTarget, ExternalTarget, SpawnedTarget, Target, TargetError, bench_identity,
+)
 
 SCENARIOS = ("connect", "ping", "chat", "hot", "idle")
 DEFAULT_CONNS = {"connect": 50, "ping": 100, "chat": 100, "hot": 100, "idle": 1000}
@@ -86,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--baselines", type=_baselines, metavar="KINDS",
                        help="like --baseline, with a choice: picows, websockets, bun (comma list; bun is "
                             "installed from npm into a cache folder on first use)")
+    where.add_argument("--nodes", type=_ints, default=[1], metavar="N",
+                       help="with --spawn: gateway processes sharing a redis-server the bench starts (each "
+                            "its own broker node and port; senders on node 0, the other members spread "
+                            "by id); a comma list runs each as its own target, alternated, e.g. 1,2 for "
+                            "one gateway without a broker against two nodes (default 1)")
     where.add_argument("--tenant", help="tenant query value (default: with --spawn, the config's first tenant "
                                         "with dev auth, else its first tenant; otherwise bench)")
     where.add_argument("--ticket", help="ticket per connection, {i} = connection number (default dev:u{i}, "
@@ -107,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="hot: svc_id of the frames sent and counted back (default 1, the relay; "
                            "another for a Python service that publishes them back with publish_hot)")
     load.add_argument("--room", default="bench", help="chat/hot: room to join (default bench)")
+    load.add_argument("--rooms", type=int, default=1,
+                      help="chat/hot: spread the connections over this many rooms (<room><k>, k = "
+                           "connection number modulo rooms; default 1)")
+    load.add_argument("--spread", action="store_true",
+                      help="with --nodes: senders spread over the nodes like the other members (default: "
+                           "all on node 0, so a room of senders only is kept on one node: room affinity)")
     timing = ap.add_argument_group("timing")
     timing.add_argument("--duration", type=float, default=5.0, help="measured window, s (default 5)")
     timing.add_argument("--warmup", type=float, default=1.0, help="traffic before the window, s (default 1)")
@@ -156,6 +169,10 @@ def _check(ap: argparse.ArgumentParser, args) -> None:
         ap.error("--server-pid goes with --url")
     if args.url and not args.url.startswith(("ws://", "wss://")):
         ap.error(f"--url must start with ws:// or wss://: {args.url}")
+    if args.nodes != [1] and not args.spawn:
+        ap.error("--nodes goes with --spawn")
+    if args.rooms < 1:
+        ap.error("--rooms must be at least 1")
     for name in ("procs", "senders", "repeat"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be at least 1")
@@ -193,7 +210,7 @@ def build_cases(args) -> list[Case]:
                     scenario=scen, conns=conns, procs=args.procs, rate=rate, inflight=inflight,
                     senders=min(args.senders, conns), size=args.size, duration=args.duration,
                     warmup=args.warmup, drain=args.drain, connect_timeout=args.connect_timeout,
-                    opcode=args.opcode, room=args.room, svc_id=args.svc_id,
+                    opcode=args.opcode, room=args.room, svc_id=args.svc_id, rooms=args.rooms, spread=args.spread,
                 ))
     return cases
 
@@ -203,7 +220,11 @@ def build_targets(args) -> list[Target]:
     if args.url:
         targets.append(ExternalTarget(GATEWAY_NAME, args.url, args.server_pid))
     if args.spawn:
-        targets.append(SpawnedTarget(GATEWAY_NAME, "gateway", config=args.spawn))
+        for n in args.nodes:
+            if n == 1:
+                targets.append(SpawnedTarget(GATEWAY_NAME, "gateway", config=args.spawn))
+            else:
+                targets.append(ClusterTarget(f"{GATEWAY_NAME} x{n} nodes", args.spawn, n))
     for kind in args.baselines or []:
         targets.append(SpawnedTarget(kind, kind))
     return targets
@@ -226,6 +247,13 @@ def _progress(i: int, n: int, res: dict) -> str:
         parts.append(f"srv {srv['cpu_pct']:.0f}%")
     if srv.get("cpu_us_per_msg") is not None:
         parts.append(f"{srv['cpu_us_per_msg']:.2f}µs/msg")
+    for node in srv.get("nodes", ()):
+        per = f" {node['cpu_us_per_delivery']:.2f}µs/d" if node.get("cpu_us_per_delivery") else ""
+        parts.append(f"{node['name']} {node['cpu_pct'] or 0:.0f}%{per}")
+    for k, lanes in enumerate(srv.get("node_publishes", ())):
+        fpp = [f"{lane} {v['frames_per_publish']}" for lane, v in lanes.items() if v["frames_per_publish"]]
+        if fpp:
+            parts.append(f"node{k} frames/publish " + " ".join(fpp))
     if cli.get("cpu_pct_max") is not None:
         parts.append(f"cli {cli['cpu_pct_max']:.0f}%")
     if res.get("skipped"):
@@ -323,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         failed_targets = {r["target"] for r in results if r.get("error") or r.get("errors")}
         for t in targets:
             try:
-                if isinstance(t, SpawnedTarget):
+                if isinstance(t, (SpawnedTarget, ClusterTarget)):
                     keep = t.name in failed_targets and t.log_path
                     t.cleanup(keep_log=bool(keep))
                     if keep:

@@ -47,6 +47,8 @@ class Case:
     opcode: int = 1
     connect_timeout: float = 5.0
     svc_id: int = 1
+    rooms: int = 1
+    spread: bool = False
 
     def key(self) -> str:
         s = self.scenario
@@ -59,7 +61,10 @@ class Case:
             load = f"rate={self.rate:g}/s per conn" if self.rate > 0 else f"inflight={self.inflight}"
             return f"ping conns={self.conns} {load}"
         svc = f" svc_id={self.svc_id}" if s == "hot" and self.svc_id != 1 else ""
-        return f"{s} room={self.conns} senders={self.senders} rate={self.rate:g}/s size={self.size}{svc}"
+        where = f"room={self.conns}" if self.rooms == 1 else f"rooms={self.rooms}x{self.conns // self.rooms}"
+        if self.spread:
+            where += " spread"
+        return f"{s} {where} senders={self.senders} rate={self.rate:g}/s size={self.size}{svc}"
 
     def params(self) -> dict:
         return asdict(self)
@@ -184,7 +189,10 @@ class _Run:
         rss_before = _rss(server)
         procs = max(1, min(case.procs, case.conns))
         parts = _split(case.conns, procs)
-        senders = sorted({k * case.conns // max(1, case.senders) for k in range(max(0, case.senders))})
+        if case.rooms > 1:      # the first ids: every room (id % rooms) gets its share of senders
+            senders = list(range(min(case.senders, case.conns)))
+        else:
+            senders = sorted({k * case.conns // max(1, case.senders) for k in range(max(0, case.senders))})
         setup_timeout = 10.0 + case.conns / 200.0
         ctx = mp.get_context("fork")
         workers = []
@@ -196,6 +204,8 @@ class _Run:
                 senders=[g for g in senders if first <= g < first + count] if case.scenario in ("chat", "hot") else [],
                 rate=case.rate, inflight=case.inflight, size=case.size, room=case.room, opcode=case.opcode,
                 svc_id=case.svc_id, connect_timeout=case.connect_timeout, drain=case.drain, index=idx,
+                rooms=case.rooms, nodes=getattr(target, "count", 1), all_senders=frozenset(senders),
+                spread=case.spread,
             )
             parent, child = ctx.Pipe()
             p = ctx.Process(target=worker_main, args=(spec, child, setup_timeout), daemon=True)
@@ -278,6 +288,9 @@ class _Run:
                 client_procs.append(None)
 
         _sleep_until(m0)
+        nodes = target.processes() if hasattr(target, "processes") else []
+        n_cpu0 = [_cpu_sample(p) for _, p in nodes]
+        sample0 = target.sample() if hasattr(target, "sample") else None
         s_cpu0 = _cpu_sample(server)
         c_cpu0 = [_cpu_sample(cp) for cp in client_procs]
         psutil.cpu_percent(None)
@@ -292,6 +305,8 @@ class _Run:
                 died = True
                 break
         t1 = time.monotonic_ns()
+        n_cpu1 = [_cpu_sample(p) for _, p in nodes]
+        sample1 = target.sample() if sample0 is not None else None
         s_cpu1 = _cpu_sample(server)
         c_cpu1 = [_cpu_sample(cp) for cp in client_procs]
         host_pct = psutil.cpu_percent(None)
@@ -305,6 +320,7 @@ class _Run:
 
         hist = LatencyHist()
         sent = delivered = arrived = lost = skipped = 0
+        by_node = [0] * max(1, len(nodes) - 1)
         for r, ready in zip(results, readies):
             if not r:
                 # setup errors of a process that never reported its result
@@ -312,6 +328,9 @@ class _Run:
                     self.error(what, n)
                 continue
             sent += r["sent_win"]
+            for k, n in enumerate(r.get("recv_arr_nodes", ())):
+                if k < len(by_node):
+                    by_node[k] += n
             delivered += r["recv_win"]
             arrived += r["recv_arr"]
             lost += r["lost"]
@@ -326,7 +345,7 @@ class _Run:
         out["window_s"] = round(window, 3)
         scen = case.scenario
         if scen in ("chat", "hot"):
-            expected = sent * members
+            expected = sent * members // max(1, case.rooms)
         else:
             expected = sent
         # Throughput counts arrivals inside the window (at overload that is the capacity);
@@ -352,6 +371,22 @@ class _Run:
             srv["rss_before_mb"] = round(rss_before / 2**20, 1)
             srv["rss_after_mb"] = round(rss_end / 2**20, 1)
             srv["rss_per_conn_kb"] = round((rss_end - rss_before) / ok / 1024, 2)
+        if nodes:
+            # a cluster: each node's CPU against the deliveries to its own members
+            per, busy_all = [], 0.0
+            for k, ((name, _), a, b) in enumerate(zip(nodes, n_cpu0, n_cpu1)):
+                used = _cpu_delta(a, b)
+                row = {"name": name, "cpu_pct": round(100.0 * used / window, 1) if used is not None and window > 0 else None}
+                if name != "redis" and k < len(by_node):
+                    row["arrived_per_s"] = round(by_node[k] / window, 1) if window > 0 else None
+                    row["cpu_us_per_delivery"] = round(used * 1e6 / by_node[k], 3) if used and by_node[k] else None
+                    busy_all += used or 0.0
+                per.append(row)
+            srv["nodes"] = per
+            srv["cpu_pct"] = round(100.0 * busy_all / window, 1) if window > 0 else None
+            srv["cpu_us_per_msg"] = round(busy_all * 1e6 / arrived, 3) if arrived else None
+            if sample1 is not None:
+                srv.update(target.compare(sample0, sample1, window, arrived))
         out["server"] = srv
 
         pcts = []

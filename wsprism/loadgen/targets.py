@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -199,10 +201,11 @@ class ExternalTarget(Target):
 class SpawnedTarget(Target):
     """A server process we start on a free port and stop at the end."""
 
-    def __init__(self, name: str, kind: str, config: str | None = None) -> None:
+    def __init__(self, name: str, kind: str, config: str | None = None, overrides: dict | None = None) -> None:
         super().__init__(name)
         self.kind = kind  # "gateway" or a baseline name
         self.config = config
+        self.overrides = overrides or {}  # top-level config keys replaced (a cluster's broker)
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log_path = ""
@@ -239,6 +242,7 @@ class SpawnedTarget(Target):
         import yaml
 
         data = read_config(self.config)
+        data.update(self.overrides)
         gateway = data.setdefault("gateway", {}) or {}
         data["gateway"] = gateway
         gateway["listen"] = f"127.0.0.1:{self.port}"
@@ -329,3 +333,200 @@ class SpawnedTarget(Target):
                 os.unlink(self.log_path)
             except OSError:
                 pass
+
+
+
+def redis_command(port: int, *args: str, timeout: float = 2.0):
+    """One command to the redis-server on 127.0.0.1:`port` over a fresh socket (what
+    redis-cli would do, without needing it); the reply decoded as text."""
+    import hiredis
+
+    reader = hiredis.Reader(encoding="utf-8", errors="replace")
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(hiredis.pack_command(args))
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise OSError("closed")
+            reader.feed(data)
+            reply = reader.gets()
+            if reply is not False:
+                return reply
+
+
+class ClusterTarget(Target):
+    """`--nodes N` (N > 1): a redis-server on a free port and N gateway processes from the
+    same config, each its own broker node on its own port (as N workers would be; own
+    ports so the bench knows which node every member is on). Connections are spread over
+    the nodes by the client: the senders on node 0, the others by id. The runner samples
+    every node's and Redis' CPU, Redis' `INFO commandstats`, and each node's broker
+    counters, and reports them per node."""
+
+    def __init__(self, name: str, config: str, nodes: int) -> None:
+        super().__init__(name)
+        self.config = config
+        self.count = nodes
+        self.redis: subprocess.Popen | None = None
+        self.redis_port = 0
+        self.redis_dir = ""
+        self.nodes = [SpawnedTarget(f"{name} node {k}", "gateway", config) for k in range(nodes)]
+
+    @property
+    def spawned(self) -> bool:
+        return True
+
+    @property
+    def pid(self) -> int | None:
+        return self.nodes[0].pid
+
+    def process(self) -> psutil.Process | None:
+        return None                 # CPU is sampled per node (processes())
+
+    def processes(self) -> list[tuple[str, psutil.Process | None]]:
+        out = [(f"node{k}", n.process()) for k, n in enumerate(self.nodes)]
+        out.append(("redis", psutil.Process(self.redis.pid) if self.redis is not None else None))
+        return out
+
+    def launch(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise TargetError("--nodes needs redis-server on the PATH (Debian: apt-get install redis-server)")
+        self.redis_port = free_port()
+        self.redis_dir = tempfile.mkdtemp(prefix="wsprism-bench-redis-")
+        self.redis = subprocess.Popen(
+            [exe, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.redis_dir, "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.redis_cmd("PING") == "PONG":
+                    break
+            except OSError:
+                pass
+            if self.redis.poll() is not None or time.monotonic() > deadline:
+                raise TargetError("redis-server did not start")
+            time.sleep(0.02)
+        broker = {"url": f"redis://127.0.0.1:{self.redis_port}/0", "prefix": "bench"}
+        for n in self.nodes:
+            n.overrides = {"broker": broker}
+            n.launch()
+
+    def wait_ready(self) -> None:
+        for n in self.nodes:
+            n.wait_ready()
+        deadline = time.monotonic() + START_TIMEOUT
+        for n in self.nodes:
+            while self.node_metrics(n).get(("wsprism_broker_up", ())) != 1.0:
+                if time.monotonic() > deadline:
+                    raise TargetError(f"{n.name}: broker not up within {START_TIMEOUT:.0f} s")
+                time.sleep(0.05)
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def alive(self) -> bool:
+        return all(n.alive() for n in self.nodes) and self.redis is not None and self.redis.poll() is None
+
+    def death_note(self) -> str:
+        for n in self.nodes:
+            if not n.alive():
+                return n.death_note()
+        return "redis-server is gone"
+
+    def url(self, tenant: str, ticket: str) -> str:
+        return "|".join(n.url(tenant, ticket) for n in self.nodes)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+        proc, self.redis = self.redis, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if self.redis_dir:
+            shutil.rmtree(self.redis_dir, ignore_errors=True)
+            self.redis_dir = ""
+
+    def cleanup(self, keep_log: bool = False) -> None:
+        for n in self.nodes:
+            n.cleanup(keep_log)
+        self.stop()
+
+    def restart(self) -> None:
+        self.cleanup()
+        self.start()
+
+    @property
+    def log_path(self) -> str:
+        return ", ".join(n.log_path for n in self.nodes)
+
+    # -- what the runner samples around the measured window ----------------------------
+    def redis_cmd(self, *args: str):
+        return redis_command(self.redis_port, *args)
+
+    @staticmethod
+    def node_metrics(node: SpawnedTarget) -> dict:
+        """{(sample name, labels): value} of the node's wsprism_broker_* families."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/metrics", timeout=2) as resp:
+                body = resp.read().decode(errors="replace")
+        except OSError:
+            return {}
+        out = {}
+        for fam in text_string_to_metric_families(body):
+            if fam.name.startswith("wsprism_broker"):
+                for smp in fam.samples:
+                    out[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+        return out
+
+    def sample(self) -> dict:
+        info = {}
+        try:
+            for line in self.redis_cmd("INFO", "all").splitlines():
+                key, sep, value = line.partition(":")
+                if sep:
+                    info[key] = value
+        except OSError:
+            pass
+        return {"redis": info, "nodes": [self.node_metrics(n) for n in self.nodes]}
+
+    @staticmethod
+    def compare(before: dict, after: dict, window: float, deliveries: int) -> dict:
+        """Redis' own cost over the window (`INFO cpu`, `INFO commandstats`) and each
+        node's frames per publish, per lane."""
+        a, b = before["redis"], after["redis"]
+        out: dict = {}
+        try:
+            cpu = sum(float(b[k]) - float(a[k]) for k in ("used_cpu_sys", "used_cpu_user"))
+            out["redis_cpu_pct"] = round(100 * cpu / window, 1)
+            out["redis_us_per_delivery"] = round(cpu * 1e6 / deliveries, 4) if deliveries else None
+        except (KeyError, ValueError):
+            pass
+        stats = {}
+        for key, value in b.items():
+            if not key.startswith("cmdstat_"):
+                continue
+            fields = dict(kv.split("=", 1) for kv in value.split(","))
+            old = dict(kv.split("=", 1) for kv in a.get(key, "calls=0,usec=0").split(","))
+            calls = int(fields["calls"]) - int(old["calls"])
+            if calls > 0:
+                usec = float(fields["usec"]) - float(old["usec"])
+                stats[key[8:]] = {"calls": calls, "usec_per_call": round(usec / calls, 2)}
+        out["commandstats"] = stats
+        lanes = []
+        for nb, na in zip(before["nodes"], after["nodes"]):
+            per = {}
+            for lane in ("ext", "hot"):
+                key = (("lane", lane),)
+                pubs = na.get(("wsprism_broker_published_total", key), 0) - nb.get(("wsprism_broker_published_total", key), 0)
+                frames = (na.get(("wsprism_broker_published_frames_total", key), 0)
+                          - nb.get(("wsprism_broker_published_frames_total", key), 0))
+                per[lane] = {"publishes": int(pubs), "frames": int(frames),
+                             "frames_per_publish": round(frames / pubs, 2) if pubs else None}
+            lanes.append(per)
+        out["node_publishes"] = lanes
+        return out

@@ -27,6 +27,7 @@ import psutil
 
 from .. import __version__
 from .._fast import CLOSING, OPEN, PENDING, USING_EXTENSIONS, Counter
+from ..broker.redis import STATE_NAMES
 from ..core.stats import HANDSHAKE_REASONS, POLICY_LABELS
 
 TOP_ROOMS = 20
@@ -134,6 +135,29 @@ def _find(registry, q: str) -> list:
     return exact + prefix
 
 
+def scale_out(gateway) -> dict:
+    """`process.scale_out`: workers, this worker, the broker link (SPEC 11)."""
+    workers = gateway.config.gateway.workers
+    worker = gateway.worker
+    cluster = gateway.cluster
+    mode = "workers" if workers > 1 else "broker" if cluster is not None else "single"
+    here = f"worker {worker} of {workers}" if worker is not None else "one process"
+    if cluster is None:
+        return {"mode": mode, "workers": workers, "worker": worker, "broker": None,
+                "summary": "single process, no broker"}
+    b = cluster.broker
+    state = STATE_NAMES[b.state]
+    broker = {"url": repr(b.url), "state": state, "up": b.up, "node": b.node, "lease_ms": b.lease_ms,
+              "subscriptions": len(b.subs) + len(b.lingering)}
+    if b.up:
+        summary = f"{here}, broker up at {broker['url']} (node {b.node})"
+    else:
+        summary = f"{here}, broker {state} at {broker['url']}: local delivery only, limits per node"
+    if worker is not None:
+        summary += "; sessions and rooms below are this worker's"
+    return {"mode": mode, "workers": workers, "worker": worker, "broker": broker, "summary": summary}
+
+
 def tenant_state(gateway, tenant, sampler: Sampler | None, q: str = "", offset: int = 0,
                  limit: int = SESSIONS_LIMIT, top: int = TOP_ROOMS) -> dict:
     now = asyncio.get_running_loop().time()
@@ -173,12 +197,7 @@ def tenant_state(gateway, tenant, sampler: Sampler | None, q: str = "", offset: 
         total = reg.admitted
         page = list(islice((s for lst in reg.by_user.values() for s in lst), offset, offset + limit))
 
-    g = gateway.config.gateway
-    workers = g.workers
-    broker = gateway.config.broker is not None
-    scale = "single process, no broker"
-    if workers > 1 or broker:
-        scale += " (gateway.workers/broker are set, but scale-out is not in this release)"
+    scale = scale_out(gateway)
     return {
         "tenant": tid,
         "time": round(time.time(), 3),
@@ -187,7 +206,7 @@ def tenant_state(gateway, tenant, sampler: Sampler | None, q: str = "", offset: 
             "compiled": USING_EXTENSIONS,
             "uptime_s": round(time.time() - _STARTED, 1),
             "draining": gateway.draining,
-            "scale_out": {"mode": "single", "workers": 1, "broker": None, "summary": scale},
+            "scale_out": scale,
         },
         "tenants": [{"id": tid, "sessions": reg.count, "users": reg.users, "rooms": len(rooms)}],
         "sessions": reg.count,

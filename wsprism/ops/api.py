@@ -16,6 +16,12 @@ JSON (unknown fields, wrong types → 400 naming the field), at most MAX_BODY by
 Every answer but the admin page's files is JSON; errors are `{"error": "...", "field"?: "..."}`. A request is
 checked completely before anything is delivered, and delivery runs without yielding to
 the event loop, so nothing is ever half-applied.
+
+With a broker (SPEC 11) every route spans every node: publish, send and disconnect
+reach the other nodes' sessions too, and `delivered` counts them (sessions in the room
+on other nodes as those nodes last told Redis, within a loop turn of any join; sessions
+of the user on other nodes, as Redis has them); presence and stats come from Redis. While
+the broker is down, each answers for this node alone.
 """
 import asyncio
 import functools
@@ -203,12 +209,12 @@ class ApiServer:
         self.app = app
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def start(self, ssl=None) -> None:
+    async def start(self, ssl=None, reuse_port: bool = False) -> None:
         host, port = split_listen(self.cfg.listen, "gateway.api.listen")
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, host, port, ssl_context=ssl, backlog=1024)
+            site = web.TCPSite(runner, host, port, ssl_context=ssl, backlog=1024, reuse_port=reuse_port or None)
             await site.start()
         except BaseException:
             await runner.cleanup()
@@ -303,11 +309,12 @@ class ApiServer:
         out = {"delivered": tenant.publish(req.room, req.svc, req.type, req.data)}
         if tenant.history is not None:          # the message's position (same turn: it is the top)
             out["offset"], out["epoch"] = tenant.history.position(req.room)
+        out["delivered"] += await tenant.remote_sessions(req.room)      # other nodes' (a broker)
         return _json(out)
 
     async def send(self, request: web.Request) -> web.Response:
         req, tenant = await self._body(request, SendReq)
-        return _json({"delivered": tenant.send_to_user(req.user, req.svc, req.type, req.data)})
+        return _json({"delivered": await tenant.send_to_user_counted(req.user, req.svc, req.type, req.data)})
 
     async def disconnect(self, request: web.Request) -> web.Response:
         req, tenant = await self._body(request, DisconnectReq)
@@ -316,17 +323,17 @@ class ApiServer:
         reason = req.reason.encode()
         if len(reason) > 120:
             raise ApiError(400, "reason longer than 120 bytes (UTF-8)", "reason")
-        return _json({"delivered": tenant.disconnect_user(req.user, req.code, req.reason)})
+        return _json({"delivered": await tenant.disconnect_user_counted(req.user, req.code, req.reason)})
 
     async def presence(self, request: web.Request) -> web.Response:
         req, tenant = self._query(request, PresenceQuery)
-        count, users = tenant.presence(req.room, req.limit)
+        count, users = await tenant.presence_everywhere(req.room, req.limit)
         return _json({"count": count, "users": users})
 
     async def stats(self, request: web.Request) -> web.Response:
         req, tenant = self._query(request, StatsQuery)
-        return _json({"sessions": tenant.sessions.count, "rooms": len(tenant.rooms.rooms),
-                      "users": tenant.sessions.users})
+        sessions, rooms, users = await tenant.totals()
+        return _json({"sessions": sessions, "rooms": rooms, "users": users})
 
     async def history(self, request: web.Request) -> web.Response:
         """The room's messages after `since` (oldest first, at most `limit`), the room's

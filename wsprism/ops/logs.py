@@ -93,7 +93,8 @@ class TextFormatter(_Base):
 
     def format(self, record: logging.LogRecord) -> str:
         msg = _CONTROL.sub(_escape_control, self._message(record))
-        line = f"{self.formatTime(record)} {record.levelname:<5} {record.name} > {msg}"
+        name = record.name if _worker is None else f"{record.name} [w{_worker}]"
+        line = f"{self.formatTime(record)} {record.levelname:<5} {name} > {msg}"
         tb = self._traceback(record)
         return f"{line}\n{tb}" if tb else line
 
@@ -123,6 +124,8 @@ class JsonFormatter(_Base):
             "logger": record.name,
             "msg": self._message(record),
         }
+        if _worker is not None:
+            out["worker"] = _worker
         d = record.__dict__
         for name in CONTEXT_FIELDS:
             value = d.get(name)
@@ -144,6 +147,7 @@ class JsonFormatter(_Base):
 
 
 _handler: logging.Handler | None = None
+_worker: str | None = None      # the worker's index under `gateway.workers` > 1 (SPEC 11)
 _overrides: dict[str, str | None] = {"format": None, "level": None}   # from the command line
 
 
@@ -178,6 +182,12 @@ def start(fmt: str | None = None, level: str | None = None) -> None:
     win over `gateway.log` for the whole run), else the defaults."""
     _overrides["format"], _overrides["level"] = fmt, level.lower() if level else None
     setup(fmt or "text", _overrides["level"] or "info")
+
+
+def tag_worker(index: int) -> None:
+    """Every line of this process names its worker: `wsprism [w2] > ...`, `"worker": "2"`."""
+    global _worker
+    _worker = str(index)
 
 
 def apply(cfg) -> None:

@@ -4,7 +4,8 @@
 2. rate limit → dropped (RATE_LIMITED ≤ 1/s)        } (wsprism/_fast), before any
 3a. invalid UTF-8 → close 1007                       } Python object is made
 3b. not an envelope → BAD_REQUEST + 1008; v ≠ 1 → UNSUPPORTED_VERSION + 1008
-4. allowlist → NOT_ALLOWED (sys:ping and sys:refresh always pass)
+4. allowlist → NOT_ALLOWED (sys:ping and sys:refresh always pass; behind a held answer,
+   in its turn: core/dispatcher.py)
 5. dispatch (core/dispatcher.py: the tenant's handler table), then the ack
 
 One `ExtLane` per tenant does steps 3b to 5; its `on_envelope` is the tenant's
@@ -15,6 +16,7 @@ import msgspec
 
 from .._fast import Counter
 from ..core import codes
+from ..core.dispatcher import error_in_turn
 from ..core.envelope import DecodeFailed, decode_envelope, peek_version
 
 _CONTROL = frozenset({"ping", "refresh"})
@@ -44,7 +46,7 @@ class ExtLane:
         svc = env.svc
         if not (svc == "sys" and env.type in _CONTROL) and not self.allow.allows(svc, env.type):
             lane.bump(Counter.C_EXT_DENY_NOT_ALLOWED)
-            session.send_error(codes.NOT_ALLOWED, "svc:type not in the tenant's ext_allowlist", env.seq)
+            error_in_turn(session, codes.NOT_ALLOWED, "svc:type not in the tenant's ext_allowlist", env.seq)
             return
         self.dispatch(session, env)
 

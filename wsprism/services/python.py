@@ -193,7 +193,8 @@ class ServiceGateway:
         return self._tenant.id
 
     def publish(self, room: str, svc: str, type_: str, data: Any = _UNSET) -> int:
-        """Reliable, to every member of `room`; returns how many sessions it reached."""
+        """Reliable, to every member of `room` (on every node with a broker); returns how
+        many sessions it reached on this node."""
         return self._tenant.publish(room, svc, type_, data)
 
     def publish_hot(self, room: str, frame: bytes) -> int:
@@ -203,11 +204,19 @@ class ServiceGateway:
         return self._tenant.publish_hot(room, frame)
 
     def send_to_user(self, user: str, svc: str, type_: str, data: Any = _UNSET) -> int:
+        """Reliable, to every session of `user` (on every node with a broker); returns
+        how many on this node."""
         return self._tenant.send_to_user(user, svc, type_, data)
 
     def presence(self, room: str, limit: int = 1000):
-        """`Presence(count, users)`: distinct users (exact) and up to `limit` of them."""
+        """`Presence(count, users)`: distinct users (exact) and up to `limit` of them, of
+        this node (with a broker, `presence_everywhere` counts every node)."""
         return self._tenant.presence(room, limit)
+
+    async def presence_everywhere(self, room: str, limit: int = 1000):
+        """`Presence(count, users)` over every node (one round trip to Redis with a broker
+        up; this node's without one, or while it is down)."""
+        return await self._tenant.presence_everywhere(room, limit)
 
     def disconnect(self, sid: str, code: int = codes.CLOSE_BY_BACKEND, reason: str = "") -> int:
         """Close the sessions with this sid (code 4000 or 4006-4999); returns how many."""

@@ -9,11 +9,14 @@ tenant keeps history. Its answer:
     ... "data":{"offset":N,"epoch":"E","recovered":true|false}}           history, with since
 
 A join whose replay takes more than one loop turn is answered (and acked) when the
-replay is over (core/recovery.py).
+replay is over (core/recovery.py); with a broker, a join Redis must admit for every node
+is answered once it has, and the session's next messages wait for that (core/dispatcher.py
+holds them; wsprism/cluster.py).
 """
 import msgspec
 
 from ..core import codes
+from ..core.dispatcher import answer_later
 from ..core.envelope import FLAG_ACK_REQUESTED, encode_ack, encode_sys
 from ..core.history import BadSince, decode_since
 from ..core.rooms import RoomError
@@ -80,12 +83,20 @@ def leave(session, env) -> None:
     session.send(encode_sys("left", room))
 
 
-def presence(session, env) -> None:
+def presence(session, env):
     room = require_room(env)
     tenant = session.tenant
     if not tenant.is_member(session, room):
         raise ServiceError(codes.NOT_ALLOWED, "not a member of that room")
-    count, users = tenant.presence(room)
+    cluster = tenant.cluster
+    if cluster is not None and cluster.up:       # exact over every node: Redis answers
+        return answer_later(session, env, tenant.presence_everywhere(room), _presence, room)
+    _presence(session, env, tenant.presence(room), room)
+    return None
+
+
+def _presence(session, env, found, room: str) -> None:
+    count, users = found
     session.send(encode_sys("presence", room, {"count": count, "users": users}))
 
 

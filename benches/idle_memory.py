@@ -67,6 +67,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def raise_fd_limit() -> None:
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def start_gateway(hook: str, cfg_path: Path, port: int, env: dict) -> subprocess.Popen:
+    """`python -m wsprism start` run through `hook` (a script that ends by running the
+    module), once its port accepts connections (at most 30 s)."""
+    gw = subprocess.Popen([sys.executable, "-c", hook, "start", "--config", str(cfg_path),
+                           "--log-level", "WARNING"], env=env, preexec_fn=raise_fd_limit)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return gw
+
+
+def stop(gw: subprocess.Popen, *clients) -> None:
+    """Let the client processes close their connections (a line on stdin), then stop the
+    gateway; kill what does not end in time."""
+    for c in clients:
+        if c is not None and c.poll() is None:
+            try:
+                c.stdin.write("\n")
+                c.stdin.flush()
+                c.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                c.kill()
+    gw.send_signal(signal.SIGTERM)
+    try:
+        gw.wait(15)
+    except subprocess.TimeoutExpired:
+        gw.kill()
+
+
 def rss(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -111,9 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--client", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.client:
-        import resource
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        raise_fd_limit()
         import uvloop
         uvloop.run(_clients(args.client[0], int(args.client[1]), int(args.client[2])))
         return 0
@@ -130,23 +167,9 @@ def main(argv=None) -> int:
         dumps.mkdir()
         env = dict(os.environ, IDLE_MEMORY_DUMP=str(dumps / "d"), PYTHONPATH=str(ROOT))
 
-        def limits():
-            import resource
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-        gw = subprocess.Popen([sys.executable, "-c", _HOOK, "start", "--config", str(cfg_path),
-                               "--log-level", "WARNING"], env=env, preexec_fn=limits)
+        gw = start_gateway(_HOOK, cfg_path, port, env)
         client = None
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-
             def snapshot(k: int):
                 gw.send_signal(signal.SIGUSR2)
                 done = dumps / f"d.{k * 3}.done"
@@ -171,18 +194,7 @@ def main(argv=None) -> int:
             s1, t1 = snapshot(1)
             r2 = rss(gw.pid)
         finally:
-            if client is not None and client.poll() is None:
-                try:
-                    client.stdin.write("\n")
-                    client.stdin.flush()
-                    client.wait(30)
-                except (OSError, subprocess.TimeoutExpired):
-                    client.kill()
-            gw.send_signal(signal.SIGTERM)
-            try:
-                gw.wait(15)
-            except subprocess.TimeoutExpired:
-                gw.kill()
+            stop(gw, client)
 
     n = args.conns
     stats = s1.compare_to(s0, "lineno")

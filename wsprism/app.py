@@ -9,7 +9,7 @@ from ._fast import USING_EXTENSIONS
 from .auth import AuthSetupError
 from .config import ConfigError, load_config, split_listen
 from .gateway import Gateway
-from .ops import hostmetrics, liveness, logs
+from .ops import gcfreeze, hostmetrics, liveness, logs
 from .ops.workers import WorkerInfo, supervise
 from .transport.server import start_server
 
@@ -145,4 +145,6 @@ def run(config_path: str, log_level: str | None = None, log_format: str | None =
         return supervise(config, config_path, log_level, log_format)
     install_loop()
     log.info("wsprism %s (compiled fast path %s)", __version__, "active" if USING_EXTENSIONS else "inactive")
-    return asyncio.run(serve(config, config_path, worker=worker))
+    gcfreeze.enable()       # the process is ours: keep the collector's full passes off the sessions
+    return asyncio.run(serve(config, config_path, worker=worker,
+                             ready=lambda gateway, server: gcfreeze.startup()))

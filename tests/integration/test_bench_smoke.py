@@ -168,6 +168,38 @@ def test_unknown_tenant_at_a_running_gateway_is_named(capsys):
     assert "no connection to ws://127.0.0.1:%d/v1/ws?tenant=other: HTTP 400 (unknown tenant)" % t.port in err
 
 
+def test_pin_puts_the_server_and_the_clients_on_their_cpus(tmp_path, monkeypatch):
+    """--pin 0:0 (this host may have one core): the spawned server and the client processes
+    run with that CPU set; PIN is reset afterwards so other tests run unpinned."""
+    import os
+
+    from wsprism.loadgen import runner, targets
+
+    seen = {}
+    real = os.sched_setaffinity
+
+    def record(pid, cpus):
+        if pid:
+            seen.setdefault("client", set(cpus))
+        else:                                   # in the server's child, before exec
+            (tmp_path / "server-cpus").write_text(",".join(map(str, sorted(cpus))))
+        return real(pid, cpus)
+
+    monkeypatch.setattr(os, "sched_setaffinity", record)
+    monkeypatch.setattr(targets, "PIN", {"server": None, "client": None})
+    monkeypatch.setattr(runner, "PIN", targets.PIN)
+    out = tmp_path / "runs.jsonl"
+    code = main(["ping", "--spawn", str(CONFIG), *SHORT, "--pin", "0:0", "--json", str(out)])
+    assert code == 0
+    assert seen == {"client": {0}} and (tmp_path / "server-cpus").read_text() == "0"
+
+
+@pytest.mark.parametrize("bad", ["0", "a:1", "0:", "0:b-1"])
+def test_pin_wants_two_cpu_lists(capsys, bad):
+    assert main(["ping", "--spawn", str(CONFIG), "--pin", bad]) == 2
+    assert "--pin wants SERVER:CLIENT CPU lists" in capsys.readouterr().err
+
+
 def test_nodes_spread_a_room_over_gateways_on_one_redis(tmp_path):
     """`--nodes 1,2`: one gateway alone, then two broker nodes on a redis-server the bench
     starts; the second target reports each node's CPU per delivery to its own members,

@@ -15,6 +15,7 @@ from tests.client import (
     read_frames, recv, recv_json, request, run,
 )
 from wsprism import _fast
+from wsprism.transport.server import READ_BUFFER_INIT
 
 MIB = 1024 * 1024
 
@@ -326,6 +327,24 @@ def test_exactly_the_limit_passes_and_control_frames_interleave(g):
 
 # -- inbound: the read buffer back to idle -------------------------------------------------------
 
+def test_the_handshake_is_not_kept_once_upgraded(g):
+    """picows keeps the upgrade request and the 101 response on the transport; the
+    session drops them (compiled) or empties their header dicts (twins) once connected,
+    and picows' own frame buffer, shrunk to 256 bytes, still frames the largest pong."""
+    s = raw_upgrade(g.port, "tenant=big&ticket=dev:trimmed")
+    session = session_of(g, "big", "trimmed")
+    request, response = g.call(lambda: (session.transport.request, session.transport.response))
+    if _fast.USING_EXTENSIONS:
+        assert request is None and response is None
+    else:
+        assert len(request.headers) == 0 and len(response.headers) == 0
+    s.sendall(mask_frame(9, b"p" * 125))
+    assert (0xA, b"p" * 125) in read_frames(s, 0.5)
+    s.sendall(mask_frame(1, json.dumps(PING).encode()))
+    assert (1, b'{"v":1,"svc":"sys","type":"pong"}') in read_frames(s, 0.5)
+    s.close()
+
+
 def test_the_read_buffer_returns_to_its_idle_size_after_a_large_message(g):
     s = raw_upgrade(g.port, "tenant=big&ticket=dev:bigsender")
     session = session_of(g, "big", "bigsender")
@@ -340,7 +359,7 @@ def test_the_read_buffer_returns_to_its_idle_size_after_a_large_message(g):
     assert (1, b'{"v":1,"svc":"sys","type":"pong"}') in frames
     after = reader_capacity(g, session)
     if _fast.USING_EXTENSIONS:
-        assert idle == 4096 and grown > 150_000 and after == idle
+        assert idle == READ_BUFFER_INIT and grown > 150_000 and after == idle
     else:                                                  # the twins cannot reach picows' buffer
         assert idle is grown is after is None
     s.sendall(mask_frame(1, json.dumps(PING).encode()))   # and it still works

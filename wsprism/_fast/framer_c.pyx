@@ -8,8 +8,9 @@ import secrets
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.list cimport PyList_GET_ITEM
+from cpython.mem cimport PyMem_Realloc
 from libc.string cimport memset
-from picows.picows cimport WSCloseCode, WSFrame, WSMsgType, WSTransport
+from picows.picows cimport MemoryBuffer, WSCloseCode, WSFrame, WSMsgType, WSTransport
 
 import msgspec
 
@@ -36,11 +37,29 @@ N_HOT_SERVICES = 256
 DEF _SAMPLE_MASK = 63
 DEF _NOTICE = 1.0
 
+WRITE_BUFFER_IDLE = 256
+DEF _WRITE_BUFFER_IDLE = 256
+
 cdef object _UNSET = msgspec.UNSET
 cdef str _PAYLOAD_TOO_LARGE = _ErrorCode.PAYLOAD_TOO_LARGE.name
 cdef str _RATE_LIMITED = _ErrorCode.RATE_LIMITED.name
 cdef str _BAD_REQUEST = _ErrorCode.BAD_REQUEST.name
 cdef str _NOT_ALLOWED = _ErrorCode.NOT_ALLOWED.name
+
+
+cdef int _trim(WSTransport tr) except -1:
+    """What an upgraded connection no longer needs (framer_py._trim says what and why)."""
+    cdef MemoryBuffer wb = tr._write_buffer
+    cdef char* data
+    tr.request = None
+    tr.response = None
+    if wb is not None and wb.capacity > _WRITE_BUFFER_IDLE:
+        data = <char*>PyMem_Realloc(wb.data, _WRITE_BUFFER_IDLE)
+        if data != NULL:
+            wb.data = data
+            wb.capacity = _WRITE_BUFFER_IDLE
+            wb.size = 0
+    return 0
 
 
 cdef inline bint _close_code_valid(int code) noexcept:
@@ -172,6 +191,7 @@ cdef class Conn(Endpoint):
     # -- picows callbacks --------------------------------------------------------------
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
+        _trim(transport)
         self.host.on_connected(self)
 
     cpdef on_ws_disconnected(self, WSTransport transport):

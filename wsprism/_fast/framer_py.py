@@ -56,6 +56,7 @@ HOT_SAMPLE_MASK = 63     # time 1 Hot Lane frame in 64 (relayed or handed to a s
 NOTICE_INTERVAL = 1.0    # RATE_LIMITED notices: at most one a second per session
 CLOSE_TIMEOUT = 1.0      # abort the socket if the peer has not completed the close by then
 N_HOT_SERVICES = 256
+WRITE_BUFFER_IDLE = 256  # picows' per-transport frame buffer once upgraded (it grows again for a big frame)
 
 _TEXT = WSMsgType.TEXT
 _BINARY = WSMsgType.BINARY
@@ -66,6 +67,21 @@ _UNSET = msgspec.UNSET
 _OPEN, _CLOSING = SessionState.S_OPEN, SessionState.S_CLOSING
 _SEQ, _ACK = HotFlag.HOT_SEQ_PRESENT, HotFlag.HOT_ACK_REQUESTED
 _N_COUNTERS = Counter.N_COUNTERS
+
+
+def _trim(transport) -> None:
+    """Once upgraded, a connection no longer needs the handshake: picows keeps the request
+    and our 101 response on the transport for the connection's life (`WSTransport.request`,
+    `.response`: two `CIMultiDict`s with every header as a `str`, ~2 KB). Everything the
+    gateway takes from them (peer address, X-Forwarded-For, the query) was read by the
+    router before the upgrade. The compiled twin drops both objects and shrinks picows'
+    frame buffer (`_write_buffer`, 1024 bytes, used only for the pings, pongs and closes
+    picows frames itself: never more than 139 bytes) to WRITE_BUFFER_IDLE; Python cannot
+    reach either field, so here the header dicts are emptied (docs/benchmarks.md, "Memory
+    per idle connection")."""
+    for held in (transport.request, transport.response):
+        if held is not None:
+            held.headers.clear()
 
 
 def close_code_valid(code: int) -> bool:
@@ -213,6 +229,7 @@ class Conn(Endpoint):
     # -- picows callbacks --------------------------------------------------------------
     def on_ws_connected(self, transport) -> None:
         self.transport = transport
+        _trim(transport)
         self.host.on_connected(self)
 
     def on_ws_disconnected(self, transport) -> None:

@@ -298,7 +298,9 @@ class Protocol(WSProtocol):
         return view
 
     def buffer_updated(self, Py_ssize_t nbytes):
-        (<Reader>self._reader)._updated(self, self._view, nbytes)
+        view = self._view
+        self._view = None                       # an idle connection holds no view (reader_py)
+        (<Reader>self._reader)._updated(self, view, nbytes)
 
 
 def reader_of(proto) -> Reader:

@@ -256,7 +256,8 @@ class Protocol(WSProtocol):
         return view
 
     def buffer_updated(self, nbytes) -> None:
-        self._reader._updated(self, self._view, nbytes)
+        view, self._view = self._view, None     # an idle connection holds no view (312 bytes)
+        self._reader._updated(self, view, nbytes)
 
 
 def reader_of(proto) -> Reader:

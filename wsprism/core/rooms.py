@@ -86,6 +86,7 @@ class RoomTable:
                 raise RoomError(codes.RESOURCE_EXHAUSTED, "max_rooms_per_user reached")
         if room is None:
             room = self.rooms[name] = Room(name)
+        name = room.name                  # the table's string: one per room, not one per member
         if pending is None:
             room.members[session] = None
         else:
@@ -93,6 +94,8 @@ class RoomTable:
         room.users[user] = room.users.get(user, 0) + 1
         mine = self.user_rooms.setdefault(user, {})
         mine[name] = mine.get(name, 0) + 1
+        if not session.rooms:
+            session.rooms = {}            # the first join (core/session.py NO_ROOMS)
         session.rooms[name] = None
         session.room_members = room.members
         return first_of_user

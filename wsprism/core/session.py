@@ -21,11 +21,17 @@ Hot Lane handlers, the sys.error encoder).
 States: PENDING (upgraded, not yet admitted: webhook auth under way), OPEN, CLOSING
 (close frame sent), CLOSED (the connection is gone).
 """
+from types import MappingProxyType
+
 import msgspec
 
 from .._fast import CLOSED, CLOSING, OPEN, PENDING, Conn
 
-__all__ = ["Session", "PENDING", "OPEN", "CLOSING", "CLOSED", "about"]
+__all__ = ["Session", "PENDING", "OPEN", "CLOSING", "CLOSED", "NO_ROOMS", "about"]
+
+# A session's `rooms` until its first join: one read-only empty mapping shared by all
+# (a dict of its own is 64 bytes more per idle connection; RoomTable.join makes it).
+NO_ROOMS = MappingProxyType({})
 
 
 class Session(Conn):
@@ -41,7 +47,7 @@ class Session(Conn):
         self.user = user
         self.sid = sid                # None until admitted when the client gave none
         self.ip = ip
-        self.rooms: dict = {}         # joined rooms (name -> None), least recently (re)joined first
+        self.rooms = NO_ROOMS         # joined rooms (name -> None), least recently (re)joined first
         self.ticket_exp = exp         # unix seconds, or None
         self.pending_ticket = None    # held until the auth webhook answers
         self.exp_handle = None        # closes it 4001 at expiry (session_auth.py)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 
+from . import targets as _targets
 from .report import render_text, summarize
 from .runner import Case, run_once
 from .targets import (
@@ -125,11 +127,35 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--repeat", type=int, default=3, help="runs per case and target, alternated (default 3)")
     timing.add_argument("--keep-server", action="store_true",
                         help="idle: measure on the running spawned server instead of a freshly started one")
+    timing.add_argument("--pin", metavar="SERVER:CLIENT", type=_pin,
+                        help="CPUs for spawned servers and for the client processes, e.g. 0:1 or 0:1-3 "
+                             "(Linux; default: not pinned)")
     timing.add_argument("--connect-timeout", type=float, default=5.0, help="per connection attempt, s (default 5)")
     out = ap.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="append one JSON line per run to FILE")
     out.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     return ap
+
+
+def _cpus(text: str) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _pin(text: str) -> tuple[set[int], set[int]]:
+    server, sep, client = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        pin = _cpus(server), _cpus(client)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pin wants SERVER:CLIENT CPU lists, e.g. 0:1, not {text!r}") from None
+    if not hasattr(os, "sched_setaffinity"):
+        raise argparse.ArgumentTypeError("--pin needs Linux (os.sched_setaffinity)")
+    return pin
 
 
 def _check(ap: argparse.ArgumentParser, args) -> None:
@@ -250,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = ap.parse_args(argv)
         _check(ap, args)
+        if args.pin:
+            _targets.PIN["server"], _targets.PIN["client"] = args.pin
     except SystemExit as exc:
         return int(exc.code or 0)
 

@@ -22,7 +22,7 @@ import psutil
 
 from .client import WorkerSpec, worker_main
 from .hist import LatencyHist
-from .targets import Target
+from .targets import PIN, Target
 
 CLIENT_LIMIT_PCT = 90.0  # a client process above this share of one core is the bottleneck
 HOST_FULL_PCT = 95.0  # all cores of the machine busy: someone besides the server is short of CPU
@@ -210,6 +210,8 @@ class _Run:
             parent, child = ctx.Pipe()
             p = ctx.Process(target=worker_main, args=(spec, child, setup_timeout), daemon=True)
             p.start()
+            if PIN["client"]:
+                os.sched_setaffinity(p.pid, PIN["client"])
             child.close()
             workers.append((p, parent))
 

@@ -102,7 +102,16 @@ def bench_identity(config: str, tenant: str | None, ticket: str | None) -> tuple
     return tenant, ticket
 
 
+# `--pin SERVER:CLIENT`: CPU sets for spawned servers and for the client processes
+# (command.py sets them; None = not pinned)
+PIN: dict[str, set[int] | None] = {"server": None, "client": None}
+
+
 def _raise_fd_limit() -> None:
+    """preexec of a spawned server: the fd limit up, and its CPUs when pinned (before
+    exec, so every thread it starts inherits them)."""
+    if PIN["server"]:
+        os.sched_setaffinity(0, PIN["server"])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         try:

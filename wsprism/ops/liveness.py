@@ -11,6 +11,7 @@ import logging
 
 from ..core import codes
 from ..core.session import OPEN
+from . import gcfreeze
 from .logs import about
 
 log = logging.getLogger("wsprism.liveness")
@@ -30,6 +31,7 @@ async def run(gateway) -> None:
             for session in sessions[start:start + BATCH]:
                 tick(session, idle_ticks)
             await asyncio.sleep(0)      # let frames of other sessions through between batches
+        gcfreeze.after_sweep()
 
 
 def tick(session, idle_ticks: int) -> None:

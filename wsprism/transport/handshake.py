@@ -15,8 +15,6 @@ from base64 import b64decode
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
-from picows.picows import _validate_upgrade_request
-
 from .. import names
 from ..auth import AuthError
 from ..ops import health
@@ -94,6 +92,15 @@ def ws_header_problem(headers) -> tuple[int, str, dict | None] | None:
     if len(keys) != 1 or not _valid_key(keys[0]):
         return 400, "an upgrade needs exactly one Sec-WebSocket-Key, the base64 of 16 bytes", None
     return None
+
+
+def _picows_accepts(headers) -> bool:
+    """What picows' `_validate_upgrade_request` checks after the listener factory, beyond
+    `ws_header_problem` (version and key are checked there): Upgrade exactly `websocket`
+    and Connection exactly `upgrade`, case aside. The router refuses what picows would,
+    before it creates a session, without computing the accept value (a SHA-1) that
+    picows computes again for the 101."""
+    return headers.get("Upgrade", "").lower() == "websocket" and headers.get("Connection", "").lower() == "upgrade"
 
 
 def _valid_key(key: str) -> bool:
@@ -194,9 +201,7 @@ class Router:
             if problem is not None:
                 status, body, extra = problem
                 return Refusal(unknown, status, body, "bad_request", extra)
-            try:
-                _validate_upgrade_request(request)
-            except RuntimeError:
+            if not _picows_accepts(headers):
                 return Refusal(unknown, 400, "bad WebSocket upgrade request", "bad_request")
         try:
             tenant_id, ticket, sid = parse_query(query)

@@ -18,7 +18,7 @@ from picows import WSAutoPingStrategy
 from .._fast import Protocol
 
 HANDSHAKE_TIMEOUT = 5.0        # seconds for a client to send its whole upgrade request
-READ_BUFFER_INIT = 4096        # picows' per-connection read buffer (grows for big frames)
+READ_BUFFER_INIT = 2048        # picows' per-connection read buffer (its minimum; grows for big frames, the reader shrinks it back)
 
 
 class _ClientFaults(logging.Filter):

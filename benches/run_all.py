@@ -80,7 +80,8 @@ def run_suite(out: Path, quick: bool) -> None:
     for scenario, extra, full in SUITE:  # a scenario's own timing options come last and win
         t0 = time.monotonic()
         print(f"== {scenario} {' '.join(extra)}", file=sys.stderr, flush=True)
-        code = bench([scenario, "--spawn", str(CONFIG), "--baselines", BASELINES, *timing, *extra,
+        # server on CPU 0, the load generator on CPU 1 (issue 14's same-pinning rule)
+        code = bench([scenario, "--spawn", str(CONFIG), "--baselines", BASELINES, "--pin", "0:1", *timing, *extra,
                       *([] if quick else full), "--json", str(out)])
         if code == 130:  # interrupted (Ctrl-C or SIGTERM): stop the whole suite
             raise SystemExit(130)

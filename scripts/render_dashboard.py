@@ -6,7 +6,8 @@ Grafana itself cannot be installed on the development machine (no Debian, PyPI o
 package ships the server), so this script does the part of Grafana the picture needs,
 from the same inputs:
 
-1. runs a real gateway (`python -m wsprism start`, compiled path) with the server API,
+1. runs a real gateway (`python -m wsprism start`, compiled path, a real redis-server as its
+   broker, history in tenant chat-eu) with the server API,
    a service webhook and webhook auth on a real backend (tests/integration/backend_app.py),
    and drives it for `--seconds` with a scripted mix of traffic (sessions ramping up and
    down in four tenants, chat, Hot Lane relay, webhook calls with some slow, failing and
@@ -49,6 +50,7 @@ sys.path.insert(0, str(ROOT / "tests" / "soak"))
 
 from tests.integration.backend_app import BackendServer, free_port  # noqa: E402
 from tests.prometheus import Prometheus  # noqa: E402
+from tests.redisproc import RedisProc  # noqa: E402
 
 API_KEY = "render-api-key-0123456789abcdef"
 RATE_INTERVAL = "10s"
@@ -61,6 +63,7 @@ gateway:
   api:
     listen: "127.0.0.1:{api_port}"
     keys: {{acme: {{env: WSPRISM_RENDER_KEY}}, game: {{env: WSPRISM_RENDER_KEY_GAME}}}}
+broker: {{url: "{redis}"}}
 tenants:
   - id: acme
     limits: {{max_frame_bytes: 65536}}
@@ -75,7 +78,7 @@ tenants:
       ext_allowlist: ["room:*", "sys:*"]
       hot_allowlist: ["1:*"]
   - id: chat-eu
-    policy: {{ext_allowlist: ["room:*", "chat:send", "sys:*"]}}
+    policy: {{ext_allowlist: ["room:*", "chat:send", "sys:*"], history: {{size: 100, ttl_ms: 300000}}}}
   - id: hook
     auth: {{mode: webhook, url: "{backend}/auth", timeout_ms: 500}}
     policy: {{ext_allowlist: ["room:*", "sys:*"]}}
@@ -669,7 +672,9 @@ def main() -> int:
     port, api_port = free_port(), free_port()
     work = tempfile.mkdtemp(prefix="wsprism-render-")
     cfg = Path(work) / "wsprism.yaml"
-    cfg.write_text(CONFIG.format(port=port, api_port=api_port, backend=f"http://127.0.0.1:{backend.port}"))
+    redis = RedisProc()                      # a real redis-server: the broker rows have data
+    cfg.write_text(CONFIG.format(port=port, api_port=api_port, backend=f"http://127.0.0.1:{backend.port}",
+                                 redis=redis.url))
     env = dict(os.environ, WSPRISM_RENDER_KEY=API_KEY, WSPRISM_RENDER_KEY_GAME=API_KEY + "-game")
     log = open(Path(work) / "gateway.log", "w")
     gw = subprocess.Popen([sys.executable, "-m", "wsprism", "start", "--config", str(cfg)], cwd=ROOT, env=env,
@@ -706,6 +711,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             gw.kill()
         backend.stop()
+        redis.stop()
         log.close()
     return 0
 

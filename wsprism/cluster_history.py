@@ -124,8 +124,12 @@ class RedisCursor:
     def done(self) -> bool:
         if not self.ready or self.index < len(self.frames):
             return False
-        last = self.feed.last
-        return last is None or self.upto >= last
+        # live only once the feed has caught up with what this cursor has: the read (on
+        # the command link) can answer before the feed (the subscriber link) delivers the
+        # same messages, and a session live at the read's top would get them twice
+        feed = self.feed
+        last = feed.last
+        return last is None or (self.upto == last and self.epoch == feed.epoch)
 
     def take(self, max_bytes: int) -> list:
         frames, i = self.frames, self.index

@@ -659,3 +659,63 @@ def test_a_join_whose_read_answers_before_the_feed_goes_live_when_the_feed_catch
         store.on_feed("r", feed_msg("E1", 26, 1))          # live from here (the room's members)
         assert feed.last == 26
     asyncio.run(main())
+
+
+def watch(store, room):
+    """A cursor that never finishes: it sees what the feed delivers to the live members."""
+    from wsprism.cluster_history import RedisCursor
+    feed = store.feeds[room]
+    cursor = RedisCursor(store, feed, None)
+    cursor.settle(feed.last, feed.epoch, RECOVERED)
+    return cursor
+
+
+def test_a_join_that_reads_a_new_epoch_first_does_not_make_the_feed_skip_its_start():
+    """After an outage another node restarted the room's history (E2, offsets 1..3); a
+    join here reads (E2, top 3) before the feed hears of E2: the feed does not jump to 3
+    (its members would never get 1..3), it reads the stream, and the members get 1..3 once."""
+    async def main():
+        broker, store = cluster_store()
+        store.occupied("r")
+        store.on_feed("r", feed_msg("E1", 1, 25))
+        members = watch(store, "r")
+        cursor = store.replay("r", Since(20, "E1"))
+        await settle()
+        (_, fut), = broker.reads
+        fut.set_result(read_reply("E2", 3, 1, 3))
+        await settle()
+        assert len(broker.reads) == 2                      # the feed reads the stream ...
+        store.on_feed("r", feed_msg("E2", 1, 3))           # ... while E2's start arrives on the feed
+        broker.reads[1][1].set_result(read_reply("E2", 3, 1, 3))
+        await settle()
+        assert handed(members) == [1, 2, 3] and members.epoch == "E2"
+        feed = store.feeds["r"]
+        assert (feed.last, feed.epoch) == (3, "E2") and not feed.pending
+        assert handed(cursor) == [1, 2, 3] and cursor.done
+        assert cursor.finish() == (3, "E2", False)
+    asyncio.run(main())
+
+
+def test_a_repair_answered_from_before_an_epoch_change_is_read_again():
+    """The feed repairs a gap in E1; meanwhile E2's messages reach it (held while the
+    read is on its way); the read's answer is from before the change (E1): it must not
+    revert the feed to E1 and drop E2's messages: the feed reads again and delivers them."""
+    async def main():
+        broker, store = cluster_store()
+        store.occupied("r")
+        store.on_feed("r", feed_msg("E1", 1, 5))
+        members = watch(store, "r")
+        store.on_feed("r", feed_msg("E1", 8, 1))            # a gap: 6, 7 missing -> a read
+        await settle()
+        assert len(broker.reads) == 1
+        store.on_feed("r", feed_msg("E2", 1, 2))            # the room restarted meanwhile
+        broker.reads[0][1].set_result(read_reply("E1", 8, 6, 3))   # answered from before
+        await settle()
+        assert len(broker.reads) == 2                       # read again, from E2's position
+        feed = store.feeds["r"]
+        assert feed.epoch == "E2" and set(feed.pending) == {1, 2}
+        broker.reads[1][1].set_result(read_reply("E2", 2, 1, 2))
+        await settle()
+        assert (feed.last, feed.epoch) == (2, "E2")
+        assert handed(members) == [1, 2] and members.epoch == "E2"
+    asyncio.run(main())

@@ -487,3 +487,37 @@ def test_a_node_cut_from_redis_ends_the_history_it_could_not_number(gateway_fact
         proxy.stop()
     assert sample(scrape(a), "wsprism_history_epoch_resets_total", tenant="acme") == 1
     assert sample(scrape(a), "wsprism_history_unnumbered_total", tenant="acme") == 1
+
+
+def test_a_history_publish_past_the_backlog_cap_is_delivered_here_unnumbered(gateway_factory, redis_server,
+                                                                              monkeypatch):
+    """The command link's backlog past RELIABLE_CAP (Redis not keeping up): a history
+    publish is not queued (it would grow the backlog without bound); it reaches this node's
+    members unnumbered, as with the broker down, and the room's history counts as lost."""
+    import wsprism.broker.redis as broker_redis
+
+    a, b = pair(gateway_factory, redis_server.url, "ch12")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        await joined_now(alice, "q")
+        await joined_now(bob, "q")
+        await send_json(alice, chat("q", "m0"))
+        for ws in (alice, bob):
+            assert [m["offset"] for m in await chats(ws, 1)] == [1]
+        monkeypatch.setattr(broker_redis, "RELIABLE_CAP", -1)     # every backlog is past it
+        await send_json(alice, chat("q", "over"))
+        (m,) = await chats(alice, 1)
+        assert m["data"]["msg"] == "over" and "offset" not in m and "epoch" not in m
+        await expect_silence(bob, 0.2)
+        monkeypatch.undo()
+        history = a.tenant("acme").history
+        assert history.unnumbered == 1 and "q" in history.lost_rooms
+        await send_json(alice, chat("q", "after"))
+        for ws in (alice, bob):
+            (m,) = await chats(ws, 1)
+            assert (m["data"]["msg"], m["offset"]) == ("after", 2)
+        await alice.close()
+        await bob.close()
+    asyncio.run(main())

@@ -779,10 +779,14 @@ class RedisBroker:
         history step: every such message of one room in one loop turn goes in one
         hist_publish script, which numbers, keeps and publishes them ('O'), and every
         node, this one included, delivers them from its feed. Runs keep their order with
-        the room's other frames. -> (run, index in it), or None when down (the caller
-        delivers it here, unnumbered)."""
-        if self.state == DOWN or self.cmd is None:
+        the room's other frames. -> (run, index in it), or None when down or the link's
+        backlog is past RELIABLE_CAP, as for reliable frames (the caller delivers it here,
+        unnumbered, and counts the room's history lost)."""
+        cmd = self.cmd
+        if self.state == DOWN or cmd is None:
             return None
+        if cmd.backlog() > RELIABLE_CAP:
+            return None                     # (its frame, sent on as a plain one, is counted there)
         runs = self._packs.get(channel)
         if runs is None:
             run = NumberedRun(where, head, tail)

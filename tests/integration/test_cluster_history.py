@@ -521,3 +521,34 @@ def test_a_history_publish_past_the_backlog_cap_is_delivered_here_unnumbered(gat
         await alice.close()
         await bob.close()
     asyncio.run(main())
+
+
+def test_a_stream_left_without_its_meta_does_not_block_the_room(gateway_factory, redis_server):
+    """The room's meta is gone (evicted) but its stream is left; a join's read makes a new
+    meta (a new epoch, top 0): the next publish starts the new epoch at offset 1 and drops
+    the old stream, instead of failing on entry id 1-0 (and losing every message until the
+    old stream expired)."""
+    a, b = pair(gateway_factory, redis_server.url, "ch13")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        _, j = await joined_now(alice, "s")
+        epoch = j["data"]["epoch"]
+        for i in range(3):
+            await send_json(alice, chat("s", f"m{i}"))
+        assert [m["offset"] for m in await chats(alice, 3)] == [1, 2, 3]
+        assert redis_server.cmd("DEL", "ch13:{acme}:hm:s") == 1          # evicted; the stream stays
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        _, joined = await joined_now(carol, "s", {"offset": 3, "epoch": epoch})
+        new = joined["data"]["epoch"]
+        assert joined["data"] == {"offset": 0, "epoch": new, "recovered": False} and new != epoch
+        for i in range(2):
+            await send_json(alice, chat("s", f"n{i}"))
+        for ws in (alice, carol):
+            got = await chats(ws, 2)
+            assert [(m["data"]["msg"], m["offset"], m["epoch"]) for m in got] == [("n0", 1, new), ("n1", 2, new)]
+        await alice.close()
+        await carol.close()
+    asyncio.run(main())
+    assert redis_server.cmd("XLEN", "ch13:{acme}:hs:s") == 2
+    assert redis_server.cmd("HGET", "ch13:{acme}:hm:s", "s") == "2"

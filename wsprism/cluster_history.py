@@ -307,13 +307,18 @@ class RedisHistoryStore:
         return None if queued is None else self._published(queued)
 
     def unnumbered_lost(self, room: str, payloads: list) -> None:
-        """History messages the broker could not send (it went down first): delivered
-        here, unnumbered."""
+        """History messages whose step never ran (the link went first, or Redis answered
+        it with an error): delivered here, unnumbered. The room's history ends now when
+        the link is still up and no gap read is on its way (else after it, or at the
+        reconnect)."""
         self.unnumbered += len(payloads)
         self.lost_rooms.add(room)
         r = self.tenant.rooms.get(room)
         if r is not None:
             broadcast(r.members, b"".join(build_frame(OP_TEXT, p) for p in payloads), False)
+        feed = self.feeds.get(room)
+        if self.broker.linked and (feed is None or not feed.repairing):
+            self._end_epoch(room)
 
     # -- rooms here ---------------------------------------------------------------------
     def occupied(self, room: str) -> Feed:

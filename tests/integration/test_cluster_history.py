@@ -552,3 +552,41 @@ def test_a_stream_left_without_its_meta_does_not_block_the_room(gateway_factory,
     asyncio.run(main())
     assert redis_server.cmd("XLEN", "ch13:{acme}:hs:s") == 2
     assert redis_server.cmd("HGET", "ch13:{acme}:hm:s", "s") == "2"
+
+
+def test_a_history_step_redis_refuses_is_delivered_here_unnumbered_and_ends_the_epoch(gateway_factory,
+                                                                                      redis_server):
+    """A history step Redis answers with an error (here the room's stream is a string:
+    WRONGTYPE; in production -OOM or NOSCRIPT) published nothing: the publisher's members
+    get the message unnumbered (not lost for everyone), and the node ends the room's
+    history, so a join with `since` from before hears `recovered: false`."""
+    a, b = pair(gateway_factory, redis_server.url, "ch14")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        _, j = await joined_now(alice, "w")
+        await joined_now(bob, "w")
+        epoch = j["data"]["epoch"]
+        await send_json(alice, chat("w", "m0"))
+        for ws in (alice, bob):
+            assert [m["offset"] for m in await chats(ws, 1)] == [1]
+        redis_server.cmd("DEL", "ch14:{acme}:hs:w")
+        redis_server.cmd("SET", "ch14:{acme}:hs:w", "not a stream")
+        await send_json(alice, chat("w", "refused"))
+        (m,) = await chats(alice, 1)
+        assert m["data"]["msg"] == "refused" and "offset" not in m
+        await expect_silence(bob, 0.2)
+        wait(lambda: a.tenant("acme").history.resets == 1)
+        assert a.tenant("acme").history.unnumbered == 1
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        _, joined = await joined_now(carol, "w", {"offset": 0, "epoch": epoch})   # a read (not B's newest)
+        assert joined["data"]["recovered"] is False and joined["data"]["epoch"] != epoch
+        new = joined["data"]["epoch"]
+        await send_json(alice, chat("w", "after"))
+        for ws in (alice, bob, carol):
+            (m,) = await chats(ws, 1)
+            assert (m["data"]["msg"], m["offset"], m["epoch"]) == ("after", 1, new)
+        for ws in (alice, bob, carol):
+            await ws.close()
+    asyncio.run(main())

@@ -292,7 +292,7 @@ class RedisHistoryStore:
             return None
         self.last_queued = None
         self.unnumbered += 1
-        self.lost_rooms.add(room)
+        self._lost(room)
         return build_frame(OP_TEXT, head + tail)
 
     async def _published(self, queued) -> tuple[int, str]:
@@ -312,10 +312,16 @@ class RedisHistoryStore:
         the link is still up and no gap read is on its way (else after it, or at the
         reconnect)."""
         self.unnumbered += len(payloads)
-        self.lost_rooms.add(room)
         r = self.tenant.rooms.get(room)
         if r is not None:
             broadcast(r.members, b"".join(build_frame(OP_TEXT, p) for p in payloads), False)
+        self._lost(room)
+
+    def _lost(self, room: str) -> None:
+        """A message of the room was delivered here unnumbered: its history ends, now when
+        the link is up (Redis refused the step, or the link's backlog was past its cap)
+        and no gap read is on its way, else after that read or at the reconnect."""
+        self.lost_rooms.add(room)
         feed = self.feeds.get(room)
         if self.broker.linked and (feed is None or not feed.repairing):
             self._end_epoch(room)

@@ -40,7 +40,9 @@ The room's channel is subscribed (confirmed by Redis) before the join's script r
 
 While the broker is down, a publish is delivered here at once, unnumbered (no offset,
 not kept); other nodes never get it, and a client that missed it cannot recover it:
-this is the outage window (scaling.md). A join answers from what the feed knows, and
+this is the outage window (scaling.md). So is one past the command link's backlog cap,
+and one whose step Redis refused (-OOM, NOSCRIPT) or never answered (the link went);
+the room's history then ends (a new epoch), at once when the link is up. A join answers from what the feed knows, and
 with `since` `recovered: false` (outcome `unavailable`).
 
 The meta outlives the messages: it expires `max(ttl_ms, META_TTL_MS)` after the room's
@@ -460,7 +462,7 @@ class RedisHistoryStore:
             self._end_epoch(room)       # after the gap's messages are read (delivered below)
         if self.feeds.get(room) is not feed:
             return                      # the room emptied meanwhile
-        if feed.again or feed.epoch != issued:
+        if (feed.again or feed.epoch != issued) and feed.last is not None:
             # the feed moved to another epoch while the read was on its way (the answer may
             # be from before: it would revert the feed and drop what it holds), or a join
             # read another epoch meanwhile: read again from where the feed is now

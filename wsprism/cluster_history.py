@@ -40,7 +40,9 @@ The room's channel is subscribed (confirmed by Redis) before the join's script r
 
 While the broker is down, a publish is delivered here at once, unnumbered (no offset,
 not kept); other nodes never get it, and a client that missed it cannot recover it:
-this is the outage window (scaling.md). A join answers from what the feed knows, and
+this is the outage window (scaling.md). So is one past the command link's backlog cap,
+and one whose step Redis refused (-OOM, NOSCRIPT) or never answered (the link went);
+the room's history then ends (a new epoch), at once when the link is up. A join answers from what the feed knows, and
 with `since` `recovered: false` (outcome `unavailable`).
 
 The meta outlives the messages: it expires `max(ttl_ms, META_TTL_MS)` after the room's
@@ -54,7 +56,7 @@ from ._fast import OP_TEXT, broadcast, build_frame
 from .broker import BrokerError
 from .broker.wire import numbered_parts
 from .core.history import (
-    ABORTED, OUTCOMES, RECOVERED, TRIMMED, U64_MAX, UNAVAILABLE, HistoryUnavailable, decide,
+    ABORTED, OTHER_EPOCH, OUTCOMES, RECOVERED, TRIMMED, U64_MAX, UNAVAILABLE, HistoryUnavailable, decide,
 )
 
 META_TTL_MS = 24 * 3600 * 1000   # a room's epoch and top are kept this long after its last use
@@ -87,7 +89,7 @@ def read_answer(reply, ttl_ms: int) -> tuple[int, str, int, list]:
 class Feed:
     """This node's view of one room's numbered messages."""
 
-    __slots__ = ("room", "route", "last", "epoch", "pending", "repairing", "cursors")
+    __slots__ = ("room", "route", "last", "epoch", "pending", "repairing", "again", "cursors")
 
     def __init__(self, room: str) -> None:
         self.room = room
@@ -96,6 +98,7 @@ class Feed:
         self.epoch = None
         self.pending: dict = {}   # offset -> frame, held past a gap
         self.repairing = False    # a read of the gap is on its way
+        self.again = False        # ... and another is wanted after it (a join read another epoch)
         self.cursors: set = set()  # joining sessions' cursors (they get what the feed delivers)
 
 
@@ -124,8 +127,12 @@ class RedisCursor:
     def done(self) -> bool:
         if not self.ready or self.index < len(self.frames):
             return False
-        last = self.feed.last
-        return last is None or self.upto >= last
+        # live only once the feed has caught up with what this cursor has: the read (on
+        # the command link) can answer before the feed (the subscriber link) delivers the
+        # same messages, and a session live at the read's top would get them twice
+        feed = self.feed
+        last = feed.last
+        return last is None or (self.upto == last and self.epoch == feed.epoch)
 
     def take(self, max_bytes: int) -> list:
         frames, i = self.frames, self.index
@@ -201,14 +208,31 @@ class RedisCursor:
 
     def _merge_tail(self) -> None:
         tail, self.tail = self.tail, []
-        for offset, frame in tail:
-            self.live(offset, frame)
+        for k, entry in enumerate(tail):
+            if entry[2] == self.epoch:
+                tail = tail[k:]         # those before are of an epoch older than the read's
+                break
+        for offset, frame, epoch in tail:
+            self._live(offset, frame, epoch)
 
     def live(self, offset: int, frame: bytes) -> None:
-        """The feed delivered `offset` to the live members."""
+        """The feed delivered `offset` (of its epoch) to the live members."""
         if not self.ready:
-            self.tail.append((offset, frame))
+            self.tail.append((offset, frame, self.feed.epoch))
             return
+        self._live(offset, frame, self.feed.epoch)
+
+    def follow(self, upto: int, epoch: str) -> None:
+        """The feed went on from (epoch, upto) without handing this cursor what came
+        before (the room's history restarted, or a gap the stream no longer held): so does
+        the cursor, and a join with `since` is not recovered."""
+        if self.since is not None and self.outcome == RECOVERED:
+            self.outcome = OTHER_EPOCH if epoch != self.epoch else TRIMMED
+        self.upto, self.epoch = upto, epoch
+
+    def _live(self, offset: int, frame: bytes, epoch: str) -> None:
+        if epoch != self.epoch:
+            self.follow(offset - 1, epoch)
         if offset <= self.upto:
             return
         if offset > self.upto + 1 and self.outcome == RECOVERED and self.since is not None:
@@ -270,7 +294,7 @@ class RedisHistoryStore:
             return None
         self.last_queued = None
         self.unnumbered += 1
-        self.lost_rooms.add(room)
+        self._lost(room)
         return build_frame(OP_TEXT, head + tail)
 
     async def _published(self, queued) -> tuple[int, str]:
@@ -285,13 +309,24 @@ class RedisHistoryStore:
         return None if queued is None else self._published(queued)
 
     def unnumbered_lost(self, room: str, payloads: list) -> None:
-        """History messages the broker could not send (it went down first): delivered
-        here, unnumbered."""
+        """History messages whose step never ran (the link went first, or Redis answered
+        it with an error): delivered here, unnumbered. The room's history ends now when
+        the link is still up and no gap read is on its way (else after it, or at the
+        reconnect)."""
         self.unnumbered += len(payloads)
-        self.lost_rooms.add(room)
         r = self.tenant.rooms.get(room)
         if r is not None:
             broadcast(r.members, b"".join(build_frame(OP_TEXT, p) for p in payloads), False)
+        self._lost(room)
+
+    def _lost(self, room: str) -> None:
+        """A message of the room was delivered here unnumbered: its history ends, now when
+        the link is up (Redis refused the step, or the link's backlog was past its cap)
+        and no gap read is on its way, else after that read or at the reconnect."""
+        self.lost_rooms.add(room)
+        feed = self.feeds.get(room)
+        if self.broker.linked and (feed is None or not feed.repairing):
+            self._end_epoch(room)
 
     # -- rooms here ---------------------------------------------------------------------
     def occupied(self, room: str) -> Feed:
@@ -346,12 +381,19 @@ class RedisHistoryStore:
         return found
 
     def adopt(self, feed: Feed, top: int, epoch: str) -> None:
-        """A read's answer: a feed that did not know its position (or had another
-        epoch) starts at `top`."""
-        if feed.last is None or feed.epoch != epoch:
+        """A join's read answered: a feed that did not know its position starts at `top`.
+        One with another epoch does not jump there (the new epoch's first messages may
+        still be on their way on the feed, and the read may be older than the feed): it
+        reads the stream from its position, as for a gap."""
+        if feed.last is None:
             feed.last, feed.epoch = top, epoch
             pending, feed.pending = feed.pending, {}
             self._drain(feed, pending)
+        elif feed.epoch != epoch:
+            if feed.repairing:
+                feed.again = True
+            else:
+                self._repair(feed.room, feed)
 
     async def read(self, room: str, since: int, epoch: str | None, limit: int) -> tuple[str, int, list, bool]:
         top, room_epoch, first, messages = await self._read(room, since, epoch or "", limit)
@@ -407,10 +449,12 @@ class RedisHistoryStore:
         if not self.broker.linked:
             return                      # down: the reconnect repairs it
         feed.repairing = True
-        fut = asyncio.ensure_future(self._read(room, feed.last, feed.epoch or "", self.size))
-        fut.add_done_callback(lambda f: self._repaired(room, feed, f))
+        feed.again = False
+        issued = feed.epoch
+        fut = asyncio.ensure_future(self._read(room, feed.last, issued or "", self.size))
+        fut.add_done_callback(lambda f: self._repaired(room, feed, f, issued))
 
-    def _repaired(self, room: str, feed: Feed, fut) -> None:
+    def _repaired(self, room: str, feed: Feed, fut, issued) -> None:
         feed.repairing = False
         if fut.cancelled() or fut.exception() is not None:
             return                      # the link went: repaired after the reconnect
@@ -418,6 +462,12 @@ class RedisHistoryStore:
             self._end_epoch(room)       # after the gap's messages are read (delivered below)
         if self.feeds.get(room) is not feed:
             return                      # the room emptied meanwhile
+        if (feed.again or feed.epoch != issued) and feed.last is not None:
+            # the feed moved to another epoch while the read was on its way (the answer may
+            # be from before: it would revert the feed and drop what it holds), or a join
+            # read another epoch meanwhile: read again from where the feed is now
+            self._repair(room, feed)
+            return
         top, epoch, first, messages = fut.result()
         if epoch != feed.epoch or feed.last is None:
             if epoch != feed.epoch:
@@ -430,8 +480,13 @@ class RedisHistoryStore:
         if not read and top > feed.last:
             self.gaps["lost"] += 1      # nothing held any more: go on from the top
             feed.last = top
-            return
-        self._drain(feed, read)
+        else:
+            self._drain(feed, read)
+        for cursor in list(feed.cursors):   # the joins waiting on the feed: done now, or
+            if cursor.ready:                # following where it went without them
+                if cursor.epoch != feed.epoch or cursor.upto < feed.last:
+                    cursor.follow(feed.last, feed.epoch)
+                cursor._wake()
 
     def _drain(self, feed: Feed, held: dict) -> None:
         """Deliver held messages newer than `last` in offset order; a hole the stream

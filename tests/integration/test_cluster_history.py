@@ -487,3 +487,107 @@ def test_a_node_cut_from_redis_ends_the_history_it_could_not_number(gateway_fact
         proxy.stop()
     assert sample(scrape(a), "wsprism_history_epoch_resets_total", tenant="acme") == 1
     assert sample(scrape(a), "wsprism_history_unnumbered_total", tenant="acme") == 1
+
+
+def test_a_history_publish_past_the_backlog_cap_is_delivered_here_unnumbered(gateway_factory, redis_server,
+                                                                              monkeypatch):
+    """The command link's backlog past RELIABLE_CAP (Redis not keeping up): a history
+    publish is not queued (it would grow the backlog without bound); it reaches this node's
+    members unnumbered, as with the broker down, and the room's history ends (a new epoch)."""
+    import wsprism.broker.redis as broker_redis
+
+    a, b = pair(gateway_factory, redis_server.url, "ch12")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        _, j = await joined_now(alice, "q")
+        await joined_now(bob, "q")
+        epoch = j["data"]["epoch"]
+        await send_json(alice, chat("q", "m0"))
+        for ws in (alice, bob):
+            assert [m["offset"] for m in await chats(ws, 1)] == [1]
+        monkeypatch.setattr(broker_redis, "RELIABLE_CAP", -1)     # every backlog is past it
+        await send_json(alice, chat("q", "over"))
+        (m,) = await chats(alice, 1)
+        assert m["data"]["msg"] == "over" and "offset" not in m and "epoch" not in m
+        await expect_silence(bob, 0.2)
+        monkeypatch.undo()
+        history = a.tenant("acme").history
+        assert history.unnumbered == 1 and history.resets == 1      # the room's history ended
+        await send_json(alice, chat("q", "after"))
+        for ws in (alice, bob):
+            (m,) = await chats(ws, 1)
+            assert (m["data"]["msg"], m["offset"]) == ("after", 1) and m["epoch"] != epoch
+        await alice.close()
+        await bob.close()
+    asyncio.run(main())
+
+
+def test_a_stream_left_without_its_meta_does_not_block_the_room(gateway_factory, redis_server):
+    """The room's meta is gone (evicted) but its stream is left; a join's read makes a new
+    meta (a new epoch, top 0): the next publish starts the new epoch at offset 1 and drops
+    the old stream, instead of failing on entry id 1-0 (and losing every message until the
+    old stream expired)."""
+    a, b = pair(gateway_factory, redis_server.url, "ch13")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        _, j = await joined_now(alice, "s")
+        epoch = j["data"]["epoch"]
+        for i in range(3):
+            await send_json(alice, chat("s", f"m{i}"))
+        assert [m["offset"] for m in await chats(alice, 3)] == [1, 2, 3]
+        assert redis_server.cmd("DEL", "ch13:{acme}:hm:s") == 1          # evicted; the stream stays
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        _, joined = await joined_now(carol, "s", {"offset": 3, "epoch": epoch})
+        new = joined["data"]["epoch"]
+        assert joined["data"] == {"offset": 0, "epoch": new, "recovered": False} and new != epoch
+        for i in range(2):
+            await send_json(alice, chat("s", f"n{i}"))
+        for ws in (alice, carol):
+            got = await chats(ws, 2)
+            assert [(m["data"]["msg"], m["offset"], m["epoch"]) for m in got] == [("n0", 1, new), ("n1", 2, new)]
+        await alice.close()
+        await carol.close()
+    asyncio.run(main())
+    assert redis_server.cmd("XLEN", "ch13:{acme}:hs:s") == 2
+    assert redis_server.cmd("HGET", "ch13:{acme}:hm:s", "s") == "2"
+
+
+def test_a_history_step_redis_refuses_is_delivered_here_unnumbered_and_ends_the_epoch(gateway_factory,
+                                                                                      redis_server):
+    """A history step Redis answers with an error (here the room's stream is a string:
+    WRONGTYPE; in production -OOM or NOSCRIPT) published nothing: the publisher's members
+    get the message unnumbered (not lost for everyone), and the node ends the room's
+    history, so a join with `since` from before hears `recovered: false`."""
+    a, b = pair(gateway_factory, redis_server.url, "ch14")
+
+    async def main():
+        alice, _ = await connect_authed(a.url(ticket="dev:alice"))
+        bob, _ = await connect_authed(b.url(ticket="dev:bob"))
+        _, j = await joined_now(alice, "w")
+        await joined_now(bob, "w")
+        epoch = j["data"]["epoch"]
+        await send_json(alice, chat("w", "m0"))
+        for ws in (alice, bob):
+            assert [m["offset"] for m in await chats(ws, 1)] == [1]
+        redis_server.cmd("DEL", "ch14:{acme}:hs:w")
+        redis_server.cmd("SET", "ch14:{acme}:hs:w", "not a stream")
+        await send_json(alice, chat("w", "refused"))
+        (m,) = await chats(alice, 1)
+        assert m["data"]["msg"] == "refused" and "offset" not in m
+        await expect_silence(bob, 0.2)
+        wait(lambda: a.tenant("acme").history.resets == 1)
+        assert a.tenant("acme").history.unnumbered == 1
+        carol, _ = await connect_authed(b.url(ticket="dev:carol"))
+        _, joined = await joined_now(carol, "w", {"offset": 0, "epoch": epoch})   # a read (not B's newest)
+        assert joined["data"]["recovered"] is False and joined["data"]["epoch"] != epoch
+        new = joined["data"]["epoch"]
+        await send_json(alice, chat("w", "after"))
+        for ws in (alice, bob, carol):
+            (m,) = await chats(ws, 1)
+            assert (m["data"]["msg"], m["offset"], m["epoch"]) == ("after", 1, new)
+        for ws in (alice, bob, carol):
+            await ws.close()
+    asyncio.run(main())

@@ -1,4 +1,6 @@
-"""The in-memory history store and the recovery decision (wsprism/core/history.py)."""
+"""The in-memory history store and the recovery decision (wsprism/core/history.py); the
+feed and join cursor of history with a broker (wsprism/cluster_history.py) on a fake broker."""
+import asyncio
 import json
 import tracemalloc
 
@@ -564,3 +566,156 @@ def test_metric_families():
     assert 'wsprism_history_replays_total{outcome="recovered",tenant="acme"} 1.0' in text
     assert 'wsprism_history_replays_total{outcome="ahead",tenant="acme"} 0.0' in text
     assert 'wsprism_history_replayed_messages_total{tenant="acme"} 11.0' in text
+
+
+# --- history with a broker: the feed and a join's cursor (wsprism/cluster_history.py) ----
+# The store is driven by hand: the broker's read answers when the test says, the feed's
+# messages arrive when the test says, so the two links' races can be played in any order.
+
+class FakeBroker:
+    linked = True
+
+    class keys:
+        @staticmethod
+        def tenant(tid):
+            return f"p:{{{tid}}}:"
+
+    def __init__(self) -> None:
+        self.reads: list = []       # futures of history_read, answered by the test
+        self.resets: list = []
+
+    def room_channel(self, tid, room):
+        return f"c:{room}".encode()
+
+    def history_read(self, prefix, room, start, limit, meta_ttl_ms):
+        fut = asyncio.get_running_loop().create_future()
+        self.reads.append((start, fut))
+        return fut
+
+    def history_reset(self, prefix, room):
+        self.resets.append(room)
+        return True
+
+
+class FakeTenant:
+    id = "acme"
+
+    def __init__(self) -> None:
+        self.rooms: dict = {}
+
+
+def read_reply(epoch: str, top: int, first: int = 0, n: int = 0):
+    """A history_read answer: the meta (epoch, top) and messages first..first+n-1."""
+    entries = [[b"%d-0" % (first + i), [b"t", b"1000", b"d", b"m%d" % (first + i)]] for i in range(n)]
+    return [0, 0, 1, [epoch.encode(), b"%d" % top], entries, [b"1", b"0"]]
+
+
+def feed_msg(epoch: str, first: int, n: int) -> bytes:
+    payloads = [b"m%d" % (first + i) for i in range(n)]
+    return (b"O" + b"n" * 12 + b"%d %s " % (first, epoch.encode()) + b" ".join(b"%d" % len(p) for p in payloads)
+            + b"\n" + b"".join(payloads))
+
+
+def handed(cursor) -> list:
+    """What the session got so far: the messages' offsets (the payload is m<offset>)."""
+    return [int(frame[3:]) for frame in cursor.take(1 << 20)]   # short frames: 2 bytes of header
+
+
+def cluster_store():
+    from wsprism.cluster_history import RedisHistoryStore
+    broker = FakeBroker()
+    return broker, RedisHistoryStore(FakeTenant(), broker, 100, 60000)
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_join_whose_read_answers_before_the_feed_goes_live_when_the_feed_catches_up():
+    """The read (command link) answers with top 25 while the feed (subscriber link) has
+    delivered up to 20: the session goes live only when the feed reaches 25, so 21..25 are
+    handed once (from the read), not again from the feed."""
+    async def main():
+        broker, store = cluster_store()
+        store.occupied("r")
+        store.on_feed("r", feed_msg("E1", 1, 20))
+        feed = store.feeds["r"]
+        assert (feed.last, feed.epoch) == (20, "E1")
+        plain = store.replay("r", None)                    # a plain join on a followed room: live at once
+        assert plain.done and not broker.reads
+        plain.abort()
+        cursor = store.replay("r", Since(18, "E1"))
+        await settle()
+        assert not cursor.done
+        (_, fut), = broker.reads
+        fut.set_result(read_reply("E1", 25, 19, 7))       # offsets 19..25
+        await settle()
+        assert handed(cursor) == [19, 20, 21, 22, 23, 24, 25]
+        assert not cursor.done                             # the feed is at 20: not live yet
+        store.on_feed("r", feed_msg("E1", 21, 5))          # the feed catches up
+        assert handed(cursor) == [] and cursor.done
+        assert cursor.finish() == (25, "E1", True)
+        store.on_feed("r", feed_msg("E1", 26, 1))          # live from here (the room's members)
+        assert feed.last == 26
+    asyncio.run(main())
+
+
+def watch(store, room):
+    """A cursor that never finishes: it sees what the feed delivers to the live members."""
+    from wsprism.cluster_history import RedisCursor
+    feed = store.feeds[room]
+    cursor = RedisCursor(store, feed, None)
+    cursor.settle(feed.last, feed.epoch, RECOVERED)
+    return cursor
+
+
+def test_a_join_that_reads_a_new_epoch_first_does_not_make_the_feed_skip_its_start():
+    """After an outage another node restarted the room's history (E2, offsets 1..3); a
+    join here reads (E2, top 3) before the feed hears of E2: the feed does not jump to 3
+    (its members would never get 1..3), it reads the stream, and the members get 1..3 once."""
+    async def main():
+        broker, store = cluster_store()
+        store.occupied("r")
+        store.on_feed("r", feed_msg("E1", 1, 25))
+        members = watch(store, "r")
+        cursor = store.replay("r", Since(20, "E1"))
+        await settle()
+        (_, fut), = broker.reads
+        fut.set_result(read_reply("E2", 3, 1, 3))
+        await settle()
+        assert len(broker.reads) == 2                      # the feed reads the stream ...
+        store.on_feed("r", feed_msg("E2", 1, 3))           # ... while E2's start arrives on the feed
+        broker.reads[1][1].set_result(read_reply("E2", 3, 1, 3))
+        await settle()
+        assert handed(members) == [1, 2, 3] and members.epoch == "E2"
+        feed = store.feeds["r"]
+        assert (feed.last, feed.epoch) == (3, "E2") and not feed.pending
+        assert handed(cursor) == [1, 2, 3] and cursor.done
+        assert cursor.finish() == (3, "E2", False)
+    asyncio.run(main())
+
+
+def test_a_repair_answered_from_before_an_epoch_change_is_read_again():
+    """The feed repairs a gap in E1; meanwhile E2's messages reach it (held while the
+    read is on its way); the read's answer is from before the change (E1): it must not
+    revert the feed to E1 and drop E2's messages: the feed reads again and delivers them."""
+    async def main():
+        broker, store = cluster_store()
+        store.occupied("r")
+        store.on_feed("r", feed_msg("E1", 1, 5))
+        members = watch(store, "r")
+        store.on_feed("r", feed_msg("E1", 8, 1))            # a gap: 6, 7 missing -> a read
+        await settle()
+        assert len(broker.reads) == 1
+        store.on_feed("r", feed_msg("E2", 1, 2))            # the room restarted meanwhile
+        broker.reads[0][1].set_result(read_reply("E1", 8, 6, 3))   # answered from before
+        await settle()
+        assert len(broker.reads) == 2                       # read again, from E2's position
+        feed = store.feeds["r"]
+        assert feed.epoch == "E2" and set(feed.pending) == {1, 2}
+        broker.reads[1][1].set_result(read_reply("E2", 2, 1, 2))
+        await settle()
+        assert (feed.last, feed.epoch) == (2, "E2")
+        assert handed(members) == [1, 2] and members.epoch == "E2"
+    asyncio.run(main())

@@ -779,10 +779,14 @@ class RedisBroker:
         history step: every such message of one room in one loop turn goes in one
         hist_publish script, which numbers, keeps and publishes them ('O'), and every
         node, this one included, delivers them from its feed. Runs keep their order with
-        the room's other frames. -> (run, index in it), or None when down (the caller
-        delivers it here, unnumbered)."""
-        if self.state == DOWN or self.cmd is None:
+        the room's other frames. -> (run, index in it), or None when down or the link's
+        backlog is past RELIABLE_CAP, as for reliable frames (the caller delivers it here,
+        unnumbered, and counts the room's history lost)."""
+        cmd = self.cmd
+        if self.state == DOWN or cmd is None:
             return None
+        if cmd.backlog() > RELIABLE_CAP:
+            return None                     # (its frame, sent on as a plain one, is counted there)
         runs = self._packs.get(channel)
         if runs is None:
             run = NumberedRun(where, head, tail)
@@ -811,27 +815,29 @@ class RedisBroker:
         return fut
 
     def _send_numbered(self, cmd, channel: bytes, run: NumberedRun) -> None:
+        """Send `run`'s history step, its answer kept: a step that Redis answered with an
+        error (-OOM, NOSCRIPT, a script error: it published nothing) or whose answer never
+        came (the link went, the watchdog dropped a hung Redis) is delivered to this node's
+        members unnumbered, its room's history counted lost (the node ends the epoch), as
+        for a run the link lost before it was sent. A step Redis ran just before the link
+        went may so reach this node's members twice (from the feed, and unnumbered): never
+        lost, at worst once more."""
         prefix, room, size, ttl_ms, meta_ttl_ms = run.where
-        args = ("EVALSHA", SCRIPTS["hist_publish"].sha, 0, prefix, room, size, ttl_ms, meta_ttl_ms,
-                secrets.token_urlsafe(9), self.node, len(run), *run.parts)
         self.stats.published_history += len(run)
-        if run.waiters is None:
-            cmd.send(*args)
-            return
-        waiters = run.waiters
-        fut = cmd.call(*args)
+        fut = cmd.call("EVALSHA", SCRIPTS["hist_publish"].sha, 0, prefix, room, size, ttl_ms, meta_ttl_ms,
+                       secrets.token_urlsafe(9), self.node, len(run), *run.parts)
 
         def answered(fut) -> None:
             if fut.cancelled() or fut.exception() is not None:
-                exc = BrokerError("history step failed") if fut.cancelled() else fut.exception()
+                why = "history step failed" if fut.cancelled() else str(fut.exception())
+                self._unnumbered(channel, run, why)
+                return
+            waiters = run.waiters
+            if waiters is not None:
+                first, epoch = fut.result()
                 for w in waiters:
                     if not w.done():
-                        w.set_exception(exc)
-                return
-            first, epoch = fut.result()
-            for w in waiters:
-                if not w.done():
-                    w.set_result((int(first), _s(epoch)))
+                        w.set_result((int(first), _s(epoch)))
         fut.add_done_callback(answered)
 
     def _unnumbered(self, channel: bytes, run: NumberedRun, why: str) -> None:
@@ -879,7 +885,7 @@ class RedisBroker:
         """End a room's history (its record and stream deleted: the next step starts a new
         epoch); False when down."""
         cmd = self.cmd
-        if self.state == DOWN or cmd is None:
+        if self.state == DOWN or cmd is None or not cmd.is_open:
             return False
         if self._packs_scheduled:
             self._flush_packs()

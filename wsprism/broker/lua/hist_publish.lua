@@ -6,7 +6,7 @@
 -- order is the offset order for every subscribed node, the publisher's own included.
 -- The message is spliced: head .. ',"offset":N,"epoch":"E"' .. tail.
 -- A missing meta (new room, expired, or lost with a Redis restart) starts a new epoch
--- (ARGV[6], made by the node) and drops any stream left from the old one.
+-- (ARGV[6], made by the node); an epoch's first step drops any stream left from the old one.
 -- ARGV: P, room, size, ttl_ms, meta_ttl_ms, new epoch, origin node, n, head1, tail1, ...
 -- Published: 'O' .. origin .. first .. ' ' .. epoch .. ' ' .. len1 .. ' ' .. len2 ... '\n' .. payloads
 -- -> {first offset, epoch}
@@ -14,14 +14,19 @@ local P, room = ARGV[1], ARGV[2]
 local size, ttl, meta_ttl = ARGV[3], ARGV[4], ARGV[5]
 local mk, sk = P .. 'hm:' .. room, P .. 'hs:' .. room
 local n = tonumber(ARGV[8])
-local epoch = redis.call('HGET', mk, 'e')
+local meta = redis.call('HMGET', mk, 'e', 's')
+local epoch, s = meta[1], tonumber(meta[2]) or 0
 if not epoch then
   epoch = ARGV[6]
-  redis.call('DEL', sk)
   redis.call('HSET', mk, 'e', epoch, 's', 0)
+  s = 0
 end
-local top = redis.call('HINCRBY', mk, 's', n)
-local first = top - n + 1
+if s == 0 then
+  -- an epoch's first offset: a stream left from an older one (its meta evicted or expired,
+  -- and made again by a join's read) would refuse entry id 1-0 to every publish
+  redis.call('DEL', sk)
+end
+local first = s + 1
 local now = now_ms()
 local payloads, lens = {}, {}
 for i = 0, n - 1 do
@@ -31,6 +36,9 @@ for i = 0, n - 1 do
   payloads[i + 1] = d
   lens[i + 1] = #d
 end
+-- the top moves after the appends: Redis does not undo a script's writes on an error, and
+-- an error above must not use up offsets
+redis.call('HINCRBY', mk, 's', n)
 redis.call('PEXPIRE', sk, ttl)
 redis.call('PEXPIRE', mk, meta_ttl)
 redis.call('PUBLISH', P .. 'c:' .. room,

@@ -312,6 +312,8 @@ def test_server_api_spans_every_node(gateway_factory, redis_server, monkeypatch)
             await expect_silence(b2, 0.2)
             p = await get("/v1/presence?tenant=acme&room=hall")
             assert p["count"] == 2 and sorted(p["users"]) == ["ann", "ben"]
+            p = await get("/v1/presence?tenant=acme&room=hall&limit=0")   # the count over both nodes alone
+            assert p == {"count": 2, "users": []}
             assert await get("/v1/stats?tenant=acme") == {"sessions": 3, "rooms": 1, "users": 2}
             scale = (await get("/v1/admin/state?tenant=acme"))["process"]["scale_out"]
             assert scale["mode"] == "broker" and scale["workers"] == 1 and scale["worker"] is None

@@ -439,7 +439,14 @@ class RedisBroker:
             log.warning("this node's lease had run out in Redis: re-registering its state")
             async with self._resync_lock:
                 self.state = SYNCING
-                await self._resync(True)
+                try:
+                    await self._resync(True)
+                except (BrokerError, asyncio.TimeoutError) as exc:
+                    # not left SYNCING with the links up: the reconnect path registers again
+                    log.warning("re-registering after the lost lease failed (%s): reconnecting", exc)
+                    if self.cmd is not None:
+                        self.cmd.abort("resync failed")
+                    return
                 self.state = UP
 
     async def _reap(self) -> None:

@@ -272,7 +272,13 @@ class Cluster:
         if not gone_here:
             return
         user = session.user
-        self.local_members.pop((tenant.id, name, user), None)
+        key = (tenant.id, name, user)
+        self.local_members.pop(key, None)
+        if key in self.pending:
+            # another session of this user is joining through Redis: the membership
+            # stays; that join enters (it holds it) or, ending first, removes it
+            # (_join_steps -> _leave_if_gone), so nobody here hears user_left
+            return
         answer = broker.leave_answered(tenant.id, user, name, tenant.policy.presence_events)
         if answer is None:                  # down: this node decides who hears of it
             self.changes += 1

@@ -64,6 +64,7 @@ def _settled(answer) -> None:
 
 EARLY_KICK_TTL = 5.0          # seconds a kick for a not-yet-answered admission is kept
 RESYNC_BATCH = 500            # admissions in flight at once while re-registering
+RESYNC_PASSES = 3             # full passes at most; what churn adds meanwhile is caught up once UP
 KICK_REASONS = {"R": "replaced", "K": "max_sessions_exceeded"}
 
 
@@ -79,6 +80,7 @@ class Cluster:
         self.pending: dict = {}          # (tenant, room, user) -> joins waiting for Redis
         self.local_members: dict = {}    # (tenant, room, user) -> order: memberships Redis lacks
         self.changes = 0                 # local-only changes since the last resync pass
+        self.unsynced: set = set()       # sessions admitted locally Redis may lack (caught up once UP)
         self._tasks: set = set()
 
     @property
@@ -159,10 +161,12 @@ class Cluster:
     def admitted_locally(self, session) -> None:
         """The gateway admitted a session without Redis (down, or re-registering)."""
         self.born[session] = next(self._order)
+        self.unsynced.add(session)
         self.changes += 1
 
     def session_gone(self, session) -> None:
         self.born.pop(session, None)
+        self.unsynced.discard(session)
         seq = self.seqs.pop(session, None)
         if seq is None:
             self.changes += 1
@@ -272,7 +276,13 @@ class Cluster:
         if not gone_here:
             return
         user = session.user
-        self.local_members.pop((tenant.id, name, user), None)
+        key = (tenant.id, name, user)
+        self.local_members.pop(key, None)
+        if key in self.pending:
+            # another session of this user is joining through Redis: the membership
+            # stays; that join enters (it holds it) or, ending first, removes it
+            # (_join_steps -> _leave_if_gone), so nobody here hears user_left
+            return
         answer = broker.leave_answered(tenant.id, user, name, tenant.policy.presence_events)
         if answer is None:                  # down: this node decides who hears of it
             self.changes += 1
@@ -421,18 +431,50 @@ class Cluster:
 
     # -- after an outage ----------------------------------------------------------------
     async def resync(self, broker, fresh: bool) -> None:
-        """Make Redis hold exactly this node's sessions; repeat until a pass saw no
-        local change (new admissions stay local until the broker is UP again)."""
-        while True:
+        """Make Redis hold exactly this node's sessions and memberships; repeat while a
+        pass saw local changes (admissions stay local until the broker is UP again), at
+        most RESYNC_PASSES times: under steady churn a pass never ends quiet, so what
+        was admitted locally after the last one (`unsynced`, `local_members`) goes
+        through the normal scripts once the broker is UP (`_catch_up`)."""
+        for _ in range(RESYNC_PASSES):
             mark = self.changes
             for tenant in list(self.tenants.values()):
                 await self._resync_sessions(broker, tenant)
                 await self._resync_rooms(broker, tenant)
             if self.changes == mark:
                 break
+        else:
+            self._spawn(self._catch_up(broker))    # runs once the broker has set UP
         for tenant in list(self.tenants.values()):
             if tenant.history is not None and tenant.history.remote:
                 tenant.history.relink()     # what the feeds missed: read from the streams
+
+    async def _catch_up(self, broker) -> None:
+        """Register the sessions and memberships admitted locally during the last
+        resync pass, now that admissions go through Redis again. Down again: the next
+        resync covers them (it compares everything)."""
+        if not broker.up:
+            return
+        sessions, self.unsynced = self.unsynced, set()
+        by_tenant: dict = {}
+        for session in sessions:
+            if session.state == OPEN and self.seqs.get(session) is None \
+                    and self.tenants.get(session.tenant.id) is session.tenant:
+                by_tenant.setdefault(session.tenant, []).append(session)
+        members: dict = {}
+        for (tid, room, user) in list(self.local_members):
+            tenant = self.tenants.get(tid)
+            if tenant is not None and tenant.rooms.has_user(room, user):
+                members.setdefault(tenant, []).append((room, user))
+        try:
+            for tenant, batch in by_tenant.items():
+                batch.sort(key=lambda s: self.born.get(s, -1))
+                await self._admit_missing(broker, tenant, batch)
+            for tenant, batch in members.items():
+                batch.sort(key=lambda m: self.local_members.get((tenant.id, *m), -1))
+                await self._join_missing(broker, tenant, batch)
+        except (BrokerError, asyncio.TimeoutError):
+            return                          # the link went: the reconnect's resync settles it
 
     async def _resync_sessions(self, broker, tenant) -> None:
         stats = broker.stats.reconciled
@@ -450,6 +492,12 @@ class Cluster:
                    if self.seqs.get(s) is None or remote.get(key) != self.seqs[s]]
         born = self.born
         missing.sort(key=lambda s: born.get(s, -1))
+        await self._admit_missing(broker, tenant, missing)
+
+    async def _admit_missing(self, broker, tenant, missing: list) -> None:
+        """Admit sessions Redis lacks through the admission script, oldest first; what
+        the policy refuses now is closed."""
+        stats = broker.stats.reconciled
         pol = tenant.policy.sessions
         kick = pol.on_exceed != "deny"
         for i in range(0, len(missing), RESYNC_BATCH):
@@ -458,6 +506,7 @@ class Cluster:
                 broker.admit(tenant.id, s.user, s.sid, pol.max_sessions_per_user, kick,
                              tenant.limits.max_sessions_total) for s in batch))
             for session, r in zip(batch, answers):
+                self.unsynced.discard(session)
                 if r.status == "ok":
                     self._apply_kicks(tenant, session.user, r.kicks)
                     if session.state == OPEN:
@@ -489,6 +538,24 @@ class Cluster:
         missing = [(room, user) for room, r in rooms.items() for user in r.users if (room, user) not in remote]
         # those Redis had before first (a Redis that came back empty), then the outage's, oldest first
         missing.sort(key=lambda m: local_members.get((tid, *m), -1))
+        await self._join_missing(broker, tenant, missing)
+        for room, r in rooms.items():
+            broker.room_size(tid, room, len(r.members))
+        for room in {room for room, _ in remote}:
+            if room not in rooms:
+                broker.room_size(tid, room, 0)
+        # who else is in each room (until known, this node publishes to all of them)
+        names = list(rooms)
+        for i in range(0, len(names), RESYNC_BATCH):
+            await asyncio.gather(*(broker.refresh_room_nodes(tid, room) for room in names[i:i + RESYNC_BATCH]))
+
+    async def _join_missing(self, broker, tenant, missing: list) -> None:
+        """Register memberships Redis lacks through the join script, in the order
+        given; what a room limit refuses now is undone."""
+        stats = broker.stats.reconciled
+        tid = tenant.id
+        events = tenant.policy.presence_events
+        local_members = self.local_members
         for i in range(0, len(missing), RESYNC_BATCH):
             batch = missing[i:i + RESYNC_BATCH]
             answers = await asyncio.gather(*(
@@ -502,15 +569,6 @@ class Cluster:
                     outcome = "refused"
                     self._undo_membership(tenant, room, user, answer)
                 stats[("membership", outcome)] = stats.get(("membership", outcome), 0) + 1
-        for room, r in rooms.items():
-            broker.room_size(tid, room, len(r.members))
-        for room in {room for room, _ in remote}:
-            if room not in rooms:
-                broker.room_size(tid, room, 0)
-        # who else is in each room (until known, this node publishes to all of them)
-        names = list(rooms)
-        for i in range(0, len(names), RESYNC_BATCH):
-            await asyncio.gather(*(broker.refresh_room_nodes(tid, room) for room in names[i:i + RESYNC_BATCH]))
 
     @staticmethod
     def _undo_membership(tenant, room: str, user: str, limit: str) -> None:

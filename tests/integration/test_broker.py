@@ -184,6 +184,34 @@ def test_presence_count_exact_users_capped(redis_server):
     run(main())
 
 
+def test_scripts_sent_without_waiting_survive_a_script_flush(redis_factory):
+    """SCRIPT FLUSH (an operator, a failover to a replica without the scripts): leave,
+    unadmit and to_user, sent without awaiting, answer NOSCRIPT; the broker loads the
+    scripts again and sends them from source, so Redis still reflects them."""
+    r = redis_factory()
+
+    async def main():
+        a = node(r.url)
+        await wait_for(lambda: a.up)
+        pfx = a.keys.prefix
+        lim = Limits()
+        assert await a.join("acme", "alice", "r1", lim, False) == (True, True)
+        assert await a.join("acme", "bob", "r1", lim, False) == (True, True)
+        s = await a.admit("acme", "carol", "s1", 3, False, 0)
+        assert r.cmd("SCRIPT", "FLUSH") == "OK"
+        assert a.leave("acme", "alice", "r1", False)
+        assert a.unadmit("acme", "carol", "s1", s.seq)
+        await wait_for(lambda: r.cmd("HEXISTS", f"{pfx}:{{acme}}:r:r1", "alice") == 0, what="leave")
+        await wait_for(lambda: r.cmd("ZCARD", f"{pfx}:{{acme}}:u:carol") == 0, what="unadmit")
+        assert r.cmd("SCRIPT", "FLUSH") == "OK"
+        assert await a.leave_answered("acme", "bob", "r1", False) == 2     # in the room on no node now
+        assert r.cmd("HLEN", f"{pfx}:{{acme}}:r:r1") == 0
+        assert a.cmd.errors == 0 and a.up
+        await a.close()
+
+    run(main())
+
+
 def test_any_tenant_room_and_user_bytes_stay_in_their_keys(redis_server):
     """Room names may hold `:` `@` `.` `-`, user ids anything (spaces, braces, newlines,
     non-ASCII): keys and channels read back one way, nothing collides."""

@@ -348,3 +348,68 @@ def test_flood_from_one_node_into_a_room_on_another(nodes, redis_server):
     assert timeouts == len(closed)
     text = "\n".join(b.metric("wsprism_broker"))
     assert 'wsprism_broker_link_lost_total{link="subscriber",reason="evicted"} 0.0' in text, text
+
+
+ROOMS = 2000
+
+
+def test_a_node_resyncing_under_steady_churn_comes_up(nodes, redis_factory):
+    """Redis restarted empty while clients keep connecting and leaving: every resync pass
+    sees local changes, yet the node goes UP after a bounded number of passes and then
+    registers what churn added meanwhile through the normal scripts (Redis ends up
+    counting exactly the sessions and memberships the node holds)."""
+    r = redis_factory()
+    a = nodes(r.url, "k9", rps=100000)
+
+    async def churn(n, stop):
+        i = 0
+        while not stop.is_set():
+            try:
+                ws, _ = await connect_authed(a.url(f"dev:churn{n}-{i}"))
+                assert (await join(ws, f"c{n}"))["type"] == "joined"
+                await ws.close()
+            except (OSError, websockets.WebSocketException):
+                pass
+            i += 1
+
+    async def eventually(pred, timeout):
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "condition not met in time"
+            await asyncio.sleep(0.02)
+
+    async def main():
+        stay = []
+        for i in range(100):
+            ws, _ = await connect_authed(a.url(f"dev:stay{i}"))
+            assert (await join(ws, f"p{i}"))["type"] == "joined"
+            stay.append(ws)
+        # many rooms make each resync pass long enough for churn to land in every one
+        for start in range(0, ROOMS, 50):
+            for i in range(start, start + 50):
+                await send_json(stay[0], {"v": 1, "svc": "room", "type": "join", "room": f"m{i}"})
+            got = 0
+            while got < 50:
+                msg = await recv_json(stay[0])
+                assert msg["type"] in ("joined", "user_joined"), msg
+                got += msg["type"] == "joined"
+        stop = asyncio.Event()
+        churners = [asyncio.create_task(churn(n, stop)) for n in range(4)]
+        await asyncio.sleep(0.3)
+        r.kill()
+        await eventually(lambda: not a.broker_up(), 2)
+        await asyncio.sleep(0.3)
+        r.start()
+        await eventually(a.broker_up, 4)         # while the churn goes on
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.gather(*churners)
+        # Redis holds exactly the node's sessions and memberships again
+        await eventually(lambda: r.cmd("GET", "k9:{acme}:n") == "100", 3)
+        await eventually(lambda: all(r.cmd("HEXISTS", f"k9:{{acme}}:r:p{i}", f"stay{i}") == 1 for i in range(100)), 3)
+        assert r.cmd("HLEN", "k9:{acme}:r:m7") == 1
+        for ws in stay:
+            await ws.close()
+
+    asyncio.run(main())
+    assert a.text().count("broker up again") == 1, a.text()

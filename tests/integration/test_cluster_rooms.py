@@ -312,6 +312,8 @@ def test_server_api_spans_every_node(gateway_factory, redis_server, monkeypatch)
             await expect_silence(b2, 0.2)
             p = await get("/v1/presence?tenant=acme&room=hall")
             assert p["count"] == 2 and sorted(p["users"]) == ["ann", "ben"]
+            p = await get("/v1/presence?tenant=acme&room=hall&limit=0")   # the count over both nodes alone
+            assert p == {"count": 2, "users": []}
             assert await get("/v1/stats?tenant=acme") == {"sessions": 3, "rooms": 1, "users": 2}
             scale = (await get("/v1/admin/state?tenant=acme"))["process"]["scale_out"]
             assert scale["mode"] == "broker" and scale["workers"] == 1 and scale["worker"] is None
@@ -503,6 +505,39 @@ def test_history_with_a_broker_is_shared_by_the_nodes(gateway_factory, redis_ser
         assert answer["type"] == "joined" and answer["data"] == {"offset": 2, "epoch": epoch, "recovered": True}
         assert a.gw.tenants["acme"].history.outcomes["recovered"] == 1
         for ws in (alice, bob):
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_a_session_leaving_while_its_users_other_join_is_in_flight_keeps_the_membership(
+        gateway_factory, redis_server):
+    """Two sessions of one user on one node join a room at once (both go to Redis); the
+    first leaves as soon as it is in, before the second's answer is applied: the
+    membership stays in Redis (the user still counts toward max_users_per_room)."""
+    a, b = pair(gateway_factory, redis_server.url, "cr14", users=1)
+
+    async def main():
+        one, _ = await connect_authed(a.url(ticket="dev:u", sid="one"))
+        two, _ = await connect_authed(a.url(ticket="dev:u", sid="two"))
+        other, _ = await connect_authed(b.url(ticket="dev:v"))
+        for i in range(5):
+            room = f"r{i}"
+            msg = {"v": 1, "svc": "room", "type": "join", "room": room}
+
+            async def join_then_leave():
+                await send_json(one, msg)
+                await send_json(one, {"v": 1, "svc": "room", "type": "leave", "room": room})
+
+            await asyncio.gather(join_then_leave(), send_json(two, msg))
+            assert await recv_json(one) == joined(room)
+            assert await recv_json(one) == left(room)
+            assert await recv_json(two) == joined(room)
+            await asyncio.sleep(0.05)
+            assert redis_server.cmd("HEXISTS", f"cr14:{{acme}}:r:{room}", "u") == 1, room
+            refusal = await request(other, {"v": 1, "svc": "room", "type": "join", "room": room})
+            assert refusal["data"] == {"code": "RESOURCE_EXHAUSTED", "msg": "max_users_per_room reached"}
+        for ws in (one, two, other):
             await ws.close()
 
     asyncio.run(main())

@@ -295,3 +295,29 @@ def test_a_crash_looping_worker_backs_off(hosts, redis_server):
         assert h.p.wait(15) in (0, 1)
     finally:
         api.close()
+
+
+def test_sigterm_while_a_worker_is_being_restarted_stops_the_new_one_too(hosts, redis_server):
+    """SIGTERM lands while the supervisor is starting a dead worker's replacement: the
+    replacement gets SIGTERM as soon as it exists and the supervisor waits for it; no
+    worker outlives the supervisor."""
+    h = hosts(redis_server.url, workers=2, prefix="t9")
+    try:
+        pid = h.worker_pids()[0]
+        time.sleep(10.2)                    # past MIN_UPTIME: the restart comes at once
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "restarting it" not in h.text():
+            assert time.monotonic() < deadline, h.text()
+            time.sleep(0.002)
+        h.p.send_signal(signal.SIGTERM)     # the replacement is being started
+        h.p.wait(15)                        # 1 if the replacement died of the SIGTERM before it ran
+        assert re.search(r"stopped \(2 workers, exit codes \[(0|-15), 0\]\)", h.text()), h.text()
+        until(lambda: not subprocess.run(["pgrep", "-f", str(h.cfg)], capture_output=True).stdout, timeout=5)
+    finally:
+        leftover = subprocess.run(["pgrep", "-f", str(h.cfg)], capture_output=True, text=True).stdout.split()
+        for p in leftover:
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except ProcessLookupError:
+                pass

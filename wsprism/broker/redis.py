@@ -38,6 +38,7 @@ import asyncio
 import logging
 import random
 import secrets
+from functools import partial
 from time import perf_counter
 
 from .keys import Keys
@@ -200,6 +201,8 @@ class RedisBroker:
         self._probe_t0 = 0.0
         self._busy: set = set()            # running maintenance steps (renew, reap)
         self._resync_lock = asyncio.Lock()
+        self._reloaded_on = None            # the link scripts were last loaded on after a NOSCRIPT
+        self._reloaded_at = 0.0
 
     # -- life ---------------------------------------------------------------------------
     @property
@@ -439,7 +442,14 @@ class RedisBroker:
             log.warning("this node's lease had run out in Redis: re-registering its state")
             async with self._resync_lock:
                 self.state = SYNCING
-                await self._resync(True)
+                try:
+                    await self._resync(True)
+                except (BrokerError, asyncio.TimeoutError) as exc:
+                    # not left SYNCING with the links up: the reconnect path registers again
+                    log.warning("re-registering after the lost lease failed (%s): reconnecting", exc)
+                    if self.cmd is not None:
+                        self.cmd.abort("resync failed")
+                    return
                 self.state = UP
 
     async def _reap(self) -> None:
@@ -485,8 +495,7 @@ class RedisBroker:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         # someone ran SCRIPT FLUSH: run it from source and load them all again
-        for s in SCRIPTS.values():
-            cmd.send("SCRIPT", "LOAD", s.source)
+        self._reload_scripts(cmd)
         return await asyncio.wait_for(cmd.call("EVAL", SCRIPTS[name].source, 0, *args),
                                       timeout or self.command_timeout)
 
@@ -498,8 +507,43 @@ class RedisBroker:
             return False
         if self._packs_scheduled:
             self._flush_packs()
-        cmd.send("EVALSHA", SCRIPTS[name].sha, 0, *args)
+        fut = cmd.call("EVALSHA", SCRIPTS[name].sha, 0, *args)
+        fut.add_done_callback(partial(self._evalsha_done, cmd, name, args, None))
         return True
+
+    def _reload_scripts(self, cmd) -> None:
+        """Load every script again (after a SCRIPT FLUSH), at most once per burst of
+        NOSCRIPT replies."""
+        now = self._loop.time()
+        if cmd is self._reloaded_on and now - self._reloaded_at < 0.1:
+            return
+        self._reloaded_on, self._reloaded_at = cmd, now
+        for s in SCRIPTS.values():
+            cmd.send("SCRIPT", "LOAD", s.source)
+
+    def _evalsha_done(self, cmd, name: str, args, outer, fut) -> None:
+        """The reply to a script sent without awaiting it: NOSCRIPT (someone ran SCRIPT
+        FLUSH) -> the scripts are loaded again and this one sent from its source, once;
+        otherwise the answer goes to `outer` (script_call) or is dropped (counted if an
+        error, as for any fire-and-forget command)."""
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None and str(exc).startswith("NOSCRIPT") and cmd is self.cmd:
+            self._reload_scripts(cmd)
+            retry = cmd.call("EVAL", SCRIPTS[name].source, 0, *args)
+            retry.add_done_callback(partial(self._evalsha_done, cmd, name, args, outer))
+            return
+        if outer is None:
+            if exc is not None and not (cmd.lost is not None and cmd.lost.done()):
+                cmd.errors += 1             # an error reply (not the link going)
+            return
+        if outer.done():
+            return
+        if fut.cancelled():
+            outer.cancel()
+        elif exc is not None:
+            outer.set_exception(exc)
+        else:
+            outer.set_result(fut.result())
 
     async def admit(self, tenant_id: str, user: str, sid: str, max_per_user: int, kick_oldest: bool,
                     max_total: int) -> AdmitResult:
@@ -582,7 +626,10 @@ class RedisBroker:
             return None
         if self._packs_scheduled:
             self._flush_packs()
-        return cmd.call("EVALSHA", SCRIPTS[name].sha, 0, *args)
+        outer = self._loop.create_future()
+        fut = cmd.call("EVALSHA", SCRIPTS[name].sha, 0, *args)
+        fut.add_done_callback(partial(self._evalsha_done, cmd, name, args, outer))
+        return outer
 
     def room_size(self, tenant_id: str, room: str, sessions: int) -> None:
         """This node now holds `sessions` sessions in `room` (0: none). Written to Redis

@@ -110,6 +110,8 @@ class Supervisor:
             sys.executable, "-m", "wsprism", "start", "--config", self.config_path,
             *self.log_args, env=env)
         w.started = asyncio.get_running_loop().time()
+        if self.stopping:                   # SIGTERM came while it was being started
+            w.proc.send_signal(signal.SIGTERM)
 
     async def _watch(self, w: Worker) -> None:
         loop = asyncio.get_running_loop()
@@ -127,8 +129,8 @@ class Supervisor:
                         how, uptime, f" in {w.delay:.1f}s" if w.delay else "")
             if w.delay:
                 await asyncio.sleep(w.delay)
-                if self.stopping:
-                    return
+            if self.stopping:
+                return
             await self._spawn(w)
 
     def _write_snapshot(self) -> None:
@@ -185,25 +187,39 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
         self._write_snapshot()
         for w in self.workers:
+            if self.stopping:
+                break
             await self._spawn(w)
             w.task = loop.create_task(self._watch(w))
         if await self._wait_ready():
             log.info("wsPrism supervisor: %d workers active at %s:%d", self.n, self.host or "0.0.0.0", self.port)
         await self._exited.wait()
         grace = self.config.gateway.drain_grace_ms / 1000.0 + STOP_MARGIN
-        procs = [w.proc for w in self.workers if w.proc is not None]
+        deadline = loop.time() + grace
+        # a watcher in the middle of a restart starts its worker (SIGTERMed at once, see
+        # _spawn) and returns once that one exits: its w.proc is the one to wait for
+        watchers = [w.task for w in self.workers if w.task is not None]
+        if watchers:
+            await asyncio.wait(watchers, timeout=grace)
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
+            await asyncio.wait_for(self._all_exited(), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
             log.error("workers still running %.0fs after SIGTERM: killing them", grace)
             self._signal_all(signal.SIGKILL)
-            await asyncio.gather(*(p.wait() for p in procs))
+            await self._all_exited()
+            if watchers:
+                await asyncio.wait(watchers)
+            self._signal_all(signal.SIGKILL)  # one started after the first kill
+            await self._all_exited()
         for w in self.workers:
             if w.task is not None:
                 w.task.cancel()
-        codes = [p.returncode for p in procs]
+        codes = [w.proc.returncode for w in self.workers if w.proc is not None]
         log.info("stopped (%d workers, exit codes %s)", self.n, codes)
         return 0 if all(c == 0 for c in codes) else 1
+
+    async def _all_exited(self) -> None:
+        await asyncio.gather(*(w.proc.wait() for w in self.workers if w.proc is not None))
 
     def cleanup(self) -> None:
         self.port_sock.close()

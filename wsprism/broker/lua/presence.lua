@@ -2,6 +2,7 @@
 -- ARGV: P, room, limit -> {count, {user...}}
 local rk, limit = ARGV[1] .. 'r:' .. ARGV[2], tonumber(ARGV[3])
 local count = redis.call('HLEN', rk)
+if limit <= 0 then return {count, {}} end  -- the count alone (HSCAN COUNT 0 is an error)
 if count <= limit then return {count, redis.call('HKEYS', rk)} end
 local users, cursor = {}, '0'
 repeat

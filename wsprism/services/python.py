@@ -41,11 +41,11 @@ from ..core.stats import Histogram
 from ..service import Service
 from .eager import EagerStarter
 from .queues import SessionQueues, TaskSet
+from .throttle import Throttle
 
 log = logging.getLogger("wsprism.services")
 
 DEFAULT_TIMEOUT_MS = 5000
-LOG_EVERY_S = 10.0
 CALL_KINDS = ("message", "hot", "join", "leave", "disconnect", "timer")
 OUTCOMES = ("ok", "error", "exception", "timeout", "rejected")
 CALL_BUCKETS = (
@@ -300,21 +300,17 @@ class ErrorLog:
     the one logged and how many were not), so a service failing on every message
     cannot flood the log."""
 
-    __slots__ = ("what", "extra", "_at", "_skipped")
+    __slots__ = ("what", "extra", "_throttle")
 
     def __init__(self, what: str, extra: dict | None = None) -> None:
         self.what = what
         self.extra = extra or {}          # log context fields (ops/logs.py): tenant, svc
-        self._at = -LOG_EVERY_S
-        self._skipped = 0
+        self._throttle = Throttle()
 
     def report(self, exc: BaseException, during: str = "") -> None:
-        now = asyncio.get_running_loop().time()
-        if now - self._at < LOG_EVERY_S:
-            self._skipped += 1
+        skipped = self._throttle.due(asyncio.get_running_loop().time())
+        if skipped is None:
             return
-        skipped, self._skipped = self._skipped, 0
-        self._at = now
         more = f" ({skipped} more since the last report)" if skipped else ""
         where = f" in {during}" if during else ""
         log.error("%s raised%s: %s: %s%s", self.what, where, type(exc).__name__, exc, more,

@@ -37,12 +37,12 @@ from ..core.envelope import FLAG_ACK_REQUESTED, Envelope, encode_ack, encode_err
 from ..core.session import OPEN, about
 from ..core.stats import Histogram
 from .queues import SessionQueues
+from .throttle import Throttle
 
 log = logging.getLogger("wsprism.webhook")
 
 MAX_ANSWER_BYTES = 1024 * 1024     # a longer answer is INTERNAL (and is not read further)
 MAX_ERROR_MSG = 500                 # characters of a backend error message passed to the client
-LOG_EVERY_S = 10.0                  # a failing backend is logged at most this often per service
 DEFAULT_TIMEOUT_MS = 2000
 
 _UNSET = msgspec.UNSET
@@ -102,7 +102,7 @@ class Forwarder(SessionQueues):
     Queue entries are `(env, deadline)`."""
 
     __slots__ = ("tenant_id", "svc", "http", "url", "timeout", "max_inflight", "batch_max", "outcomes",
-                 "latency", "_reply_head", "_log_at", "_log_skipped")
+                 "latency", "_reply_head", "_throttle")
 
     def __init__(self, tenant_id: str, svc: str, cfg, http) -> None:
         super().__init__(http.spawn)
@@ -112,8 +112,7 @@ class Forwarder(SessionQueues):
         self._reply_head = reply_head(svc)
         self.outcomes = dict.fromkeys(WEBHOOK_OUTCOMES, 0)
         self.latency = Histogram(WEBHOOK_BUCKETS)
-        self._log_at = -LOG_EVERY_S
-        self._log_skipped = 0
+        self._throttle = Throttle()
         self.configure(cfg)
 
     def __repr__(self) -> str:
@@ -296,12 +295,9 @@ class Forwarder(SessionQueues):
             session.send(encode_error(codes.INTERNAL, f"service {self.svc} failed", env.seq, trace_id))
 
     def _log(self, outcome: str, detail: str) -> None:
-        now = _now()
-        if now - self._log_at < LOG_EVERY_S:
-            self._log_skipped += 1
+        skipped = self._throttle.due(_now())
+        if skipped is None:
             return
-        skipped, self._log_skipped = self._log_skipped, 0
-        self._log_at = now
         more = f" ({skipped} more failures since the last report)" if skipped else ""
         log.warning('tenant "%s" service "%s": %s: %s%s', self.tenant_id, self.svc, outcome, detail, more,
                     extra={"tenant": self.tenant_id, "svc": self.svc,

@@ -25,7 +25,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from backend_bench import free_port, wait_tcp  # noqa: E402  (benches/, this script's folder)
+
 CONFIG = ROOT / "benches" / "configs" / "services.yaml"
 TIMEOUT = 30.0
 MESSAGES = {
@@ -44,12 +45,6 @@ MESSAGES = {
     "python-def": b'{"v":1,"svc":"replysync","type":"x","seq":%d}',
     "webhook": b'{"v":1,"svc":"bk","type":"x","seq":%d}',
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(proc) -> float:
@@ -154,8 +149,8 @@ def run_ext(args) -> int:
             gateway = subprocess.Popen([sys.executable, "-m", "wsprism", "start", "--config", str(cfg),
                                         "--log-level", "WARNING"], env=env, cwd=ROOT, stdout=log, stderr=log)
             procs.append(gateway)
-            _wait_tcp(gw_port)
-            _wait_tcp(be_port)
+            wait_tcp(gw_port, time.monotonic() + TIMEOUT)
+            wait_tcp(be_port, time.monotonic() + TIMEOUT)
             gw = psutil.Process(gateway.pid)
             ctx = mp.get_context("spawn")
             per = -(-args.conns // args.procs)
@@ -250,17 +245,6 @@ def run_hot(args) -> int:
     if by[1] and by[7]:
         print(f"  ratio {statistics.median(by[7]) / statistics.median(by[1]):.2f}x")
     return rc
-
-
-def _wait_tcp(port: int) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} did not open")
 
 
 def main(argv=None) -> int:

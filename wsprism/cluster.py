@@ -47,10 +47,10 @@ from time import monotonic
 
 from ._fast import Counter, broadcast
 from .broker import BrokerError, RedisBroker
-from .broker.wire import DISCONNECT, TO_USER
+from .broker.wire import DISCONNECT, KICK_EXCEEDED, KICK_REPLACED, TO_USER
 from .core import codes
 from .core.dispatcher import hold, release
-from .core.envelope import encode_message, encode_sys
+from .core.envelope import encode_sys
 from .core.rooms import RoomError
 from .core.session import OPEN, PENDING, about
 
@@ -65,7 +65,7 @@ def _settled(answer) -> None:
 EARLY_KICK_TTL = 5.0          # seconds a kick for a not-yet-answered admission is kept
 RESYNC_BATCH = 500            # admissions in flight at once while re-registering
 RESYNC_PASSES = 3             # full passes at most; what churn adds meanwhile is caught up once UP
-KICK_REASONS = {"R": "replaced", "K": "max_sessions_exceeded"}
+KICK_REASONS = {KICK_REPLACED: "replaced", KICK_EXCEEDED: "max_sessions_exceeded"}
 
 
 class Cluster:
@@ -257,7 +257,7 @@ class Cluster:
         if room.channel is None:
             room.channel = broker.room_channel(tenant.id, room.name)
             broker.retain(room.channel, (tenant.id, room.name))
-        broker.room_size(tenant.id, room.name, len(room.members) + len(room.joining))
+        broker.room_size(tenant.id, room.name, room.size)
         if first_of_user and not broker.up:
             self.local_members[(tenant.id, room.name, session.user)] = next(self._order)
             self.changes += 1
@@ -269,7 +269,7 @@ class Cluster:
         tenant = session.tenant
         broker = self.broker
         name = room.name
-        broker.room_size(tenant.id, name, len(room.members) + len(room.joining))
+        broker.room_size(tenant.id, name, room.size)
         if room.empty and room.channel is not None:
             broker.release(room.channel)
             room.channel = None
@@ -410,12 +410,8 @@ class Cluster:
 
     def on_presence(self, target, joined: bool, user: str) -> None:
         tenant = self.tenants.get(target[0])
-        if tenant is None or not tenant.presence_events:
-            return
-        room = tenant.rooms.get(target[1])
-        if room is not None:
-            kind = "user_joined" if joined else "user_left"
-            tenant.deliver(room, encode_message("room", kind, target[1], {"user": user}))
+        if tenant is not None:
+            tenant.announce(target[1], "user_joined" if joined else "user_left", user)
 
     def on_user_frame(self, tenant_id: str, user: str, frame: bytes) -> None:
         tenant = self.tenants.get(tenant_id)
@@ -487,7 +483,7 @@ class Cluster:
             session = live.get(key)
             if session is None or self.seqs.get(session) != seq:
                 broker.unadmit(tenant.id, key[0], key[1], seq)
-                stats[("session", "removed")] = stats.get(("session", "removed"), 0) + 1
+                stats[("session", "removed")] += 1
         missing = [s for key, s in live.items()
                    if self.seqs.get(s) is None or remote.get(key) != self.seqs[s]]
         born = self.born
@@ -519,7 +515,7 @@ class Cluster:
                     if session.state == OPEN:
                         self._refuse(session, r.status)
                     outcome = "refused"
-                stats[("session", outcome)] = stats.get(("session", outcome), 0) + 1
+                stats[("session", outcome)] += 1
 
     async def _resync_rooms(self, broker, tenant) -> None:
         """Make Redis hold exactly this node's memberships (and room sizes)."""
@@ -533,7 +529,7 @@ class Cluster:
             r = rooms.get(room)
             if (r is None or user not in r.users) and (tid, room, user) not in pending:
                 broker.leave(tid, user, room, events)
-                stats[("membership", "removed")] = stats.get(("membership", "removed"), 0) + 1
+                stats[("membership", "removed")] += 1
         local_members = self.local_members
         missing = [(room, user) for room, r in rooms.items() for user in r.users if (room, user) not in remote]
         # those Redis had before first (a Redis that came back empty), then the outage's, oldest first
@@ -568,7 +564,7 @@ class Cluster:
                 else:
                     outcome = "refused"
                     self._undo_membership(tenant, room, user, answer)
-                stats[("membership", outcome)] = stats.get(("membership", outcome), 0) + 1
+                stats[("membership", outcome)] += 1
 
     @staticmethod
     def _undo_membership(tenant, room: str, user: str, limit: str) -> None:

@@ -427,8 +427,7 @@ class RedisHistoryStore:
         skip = last + 1 - first
         if skip >= len(payloads):
             return                      # delivered already
-        frames = [build_frame(OP_TEXT, p) for p in payloads[skip:]] if skip else \
-            [build_frame(OP_TEXT, p) for p in payloads]
+        frames = [build_frame(OP_TEXT, p) for p in (payloads[skip:] if skip else payloads)]
         self._deliver(room, feed, last + 1, frames)
 
     def _deliver(self, room: str, feed: Feed, first: int, frames: list) -> None:

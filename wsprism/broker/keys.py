@@ -32,11 +32,10 @@ Tenant:   <p>:{T}:n            total sessions           <p>:{T}:seq   admission 
 class Keys:
     """Names for one key prefix and one node."""
 
-    __slots__ = ("prefix", "node", "nodes", "node_channel", "node_tenants")
+    __slots__ = ("prefix", "nodes", "node_channel", "node_tenants")
 
     def __init__(self, prefix: str, node: str) -> None:
         self.prefix = prefix
-        self.node = node
         self.nodes = f"{prefix}:nodes"
         self.node_channel = self.channel_of_node(node)
         self.node_tenants = self.tenants_of_node(node)

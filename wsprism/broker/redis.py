@@ -68,6 +68,8 @@ RELIABLE_CAP = 64 << 20      # ... and above which reliable frames are dropped t
 
 _HOT_DROP_DOWN = ("hot", "down")
 _EXT_DROP_DOWN = ("ext", "down")
+_HOT_DROP_BACKLOG = ("hot", "backlog")
+_EXT_DROP_BACKLOG = ("ext", "backlog")
 
 
 def backoff(attempt: int) -> float:
@@ -801,7 +803,7 @@ class RedisBroker:
         # in skips the link's marks: nothing of it will be sent.
         remote = self.remote.get(channel)
         if (remote is None or remote) and (cmd.paused if lossy else cmd.backlog() > RELIABLE_CAP):
-            self.stats.dropped[("hot" if lossy else "ext", "backlog")] += 1
+            self.stats.dropped[_HOT_DROP_BACKLOG if lossy else _EXT_DROP_BACKLOG] += 1
             return False
         lane = 1 if lossy else 0
         runs = self._packs.get(channel)

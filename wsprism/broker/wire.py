@@ -62,7 +62,7 @@ DISCONNECT = ord("D")
 PROBE = ord("P")
 NUMBERED = ord("O")
 
-KICK_REPLACED = "R"
+KICK_REPLACED = "R"          # a kick's reason as the session script answers it
 KICK_EXCEEDED = "K"
 
 _count = struct.Struct("<I")
@@ -70,16 +70,8 @@ _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
 
 
-def frames_message(kind: int, origin: bytes, count: int, frames: bytes) -> bytes:
-    return bytes((kind,)) + origin + _count.pack(count) + frames
-
-
 def frames_count(data: bytes) -> int:
     return _count.unpack_from(data, HEADER)[0]
-
-
-def presence_message(kind: int, origin: bytes, user: str) -> bytes:
-    return bytes((kind,)) + origin + user.encode()
 
 
 def control_message(kind: int, origin: bytes, body=None) -> bytes:
@@ -89,10 +81,6 @@ def control_message(kind: int, origin: bytes, body=None) -> bytes:
 
 def control_body(data: bytes):
     return _unpack(memoryview(data)[HEADER:])
-
-
-def origin_of(data: bytes) -> bytes:
-    return data[1:HEADER]
 
 
 def numbered_parts(data: bytes) -> tuple[int, str, list]:

@@ -38,6 +38,11 @@ class Room:
     def empty(self) -> bool:
         return not self.members and not self.joining
 
+    @property
+    def size(self) -> int:
+        """Sessions in the room here, joining ones too (what the broker counts)."""
+        return len(self.members) + len(self.joining)
+
 
 class RoomTable:
     __slots__ = ("rooms", "user_rooms", "limits")

@@ -374,12 +374,11 @@ class Tenant:
             if frame is None:
                 # numbered by the broker's history step: every node, this one too,
                 # delivers it from its feed, in offset order (wsprism/cluster_history.py)
-                return 0 if r is None else len(r.members) + len(r.joining)
+                return 0 if r is None else r.size
         n = 0
         if r is not None:
-            members = r.members
-            broadcast(members, frame, False)
-            n = len(members) + len(r.joining)
+            broadcast(r.members, frame, False)
+            n = r.size
         if cluster is not None:
             # after the local fan-out (history with a broker down: unnumbered, counted as dropped)
             cluster.publish(self, room, r, frame, False)

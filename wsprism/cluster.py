@@ -536,7 +536,7 @@ class Cluster:
         missing.sort(key=lambda m: local_members.get((tid, *m), -1))
         await self._join_missing(broker, tenant, missing)
         for room, r in rooms.items():
-            broker.room_size(tid, room, len(r.members))
+            broker.room_size(tid, room, r.size)
         for room in {room for room, _ in remote}:
             if room not in rooms:
                 broker.room_size(tid, room, 0)

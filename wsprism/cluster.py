@@ -153,8 +153,12 @@ class Cluster:
     def registered(self, session, seq: int) -> None:
         self.seqs[session] = seq
         self.born[session] = next(self._order)
-        key = (session.tenant.id, session.user, session.sid)
-        early = self.early_kicks.pop(key, None)
+        self._early_kick(session, seq)
+
+    def _early_kick(self, session, seq: int) -> None:
+        """A kick for this admission that came (over the subscriber link) before its
+        answer (over the command link) is applied now."""
+        early = self.early_kicks.pop((session.tenant.id, session.user, session.sid), None)
         if early is not None and early[0] == seq:
             session.tenant.kick(session, KICK_REASONS.get(early[1], "replaced"))
 
@@ -507,6 +511,7 @@ class Cluster:
                     self._apply_kicks(tenant, session.user, r.kicks)
                     if session.state == OPEN:
                         self.seqs[session] = r.seq
+                        self._early_kick(session, r.seq)     # re-registering races kicks too
                     else:
                         broker.unadmit(tenant.id, session.user, session.sid, r.seq)
                     outcome = "added"

@@ -638,3 +638,29 @@ def test_api_history_bad_input(g, query, status, field):
 def test_api_history_needs_the_key(g):
     assert api(g, "GET", "/v1/history?tenant=acme&room=r", key=None)[0] == 401
     assert api(g, "GET", "/v1/history?tenant=acme&room=r", key="wrong")[0] == 401
+
+
+def test_admin_counts_a_joining_member_in_its_room(g):
+    """The admin page's biggest rooms count sessions as the broker does (Room.size): a
+    member whose replay is still being sent is in the room (users and sessions alike)."""
+    from wsprism.ops.admin import tenant_state
+
+    publish(g, "big", "adm", 5000, size=2000)
+    epoch = g.call(lambda: g.tenant("big").history.position("adm"))[1]
+
+    async def main():
+        w, _ = await connect_authed(g.url("big", "dev:live"))
+        await joined_now(w, "adm")
+        s = raw_upgrade(g.port, "tenant=big&ticket=dev:slow")       # never reads its replay
+        s.sendall(mask_frame(1, json.dumps(join_msg("adm", {"offset": 0, "epoch": epoch})).encode()))
+        room = g.tenant("big").rooms.rooms
+        for _ in range(100):
+            if g.call(lambda: len(room["adm"].joining)) == 1:
+                break
+            await asyncio.sleep(0.02)
+        st = g.call(lambda: tenant_state(g.gw, g.tenant("big"), None))
+        top = [r for r in st["top_rooms"] if r["room"] == "adm"]
+        assert top == [{"room": "adm", "users": 2, "sessions": 2}]
+        s.close()
+        await w.close()
+    run(main())

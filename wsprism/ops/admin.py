@@ -187,7 +187,7 @@ def tenant_state(gateway, tenant, sampler: Sampler | None, q: str = "", offset: 
         {"lane": lane, "decision": decision, "reason": reason, "recent": policy[i] - old_c[0][i], "total": policy[i]}
         for i, (lane, decision, reason) in _REFUSED if policy[i]
     ]
-    biggest = heapq.nlargest(top, rooms.values(), key=lambda r: (len(r.users), len(r.members)))
+    biggest = heapq.nlargest(top, rooms.values(), key=lambda r: (len(r.users), r.size))
 
     if q:
         matches = _find(reg, q)
@@ -221,7 +221,7 @@ def tenant_state(gateway, tenant, sampler: Sampler | None, q: str = "", offset: 
             "egress_drops": {"recent": cur[3] - old_c[3], "total": cur[3]},
             "service_errors": {"recent": cur[4] - old_c[4], "total": cur[4]},
         },
-        "top_rooms": [{"room": r.name, "users": len(r.users), "sessions": len(r.members)} for r in biggest],
+        "top_rooms": [{"room": r.name, "users": len(r.users), "sessions": r.size} for r in biggest],
         "rejections": {"window_s": window, "handshake": handshake, "policy": refused},
         "search": {
             "q": q,

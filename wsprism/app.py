@@ -72,8 +72,6 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
                         tenant.id, extra={"tenant": tenant.id})
     if not USING_EXTENSIONS:
         log.warning("compiled fast path not active: running the pure-Python twins")
-    for warning in not_yet_supported(config):
-        log.warning(warning)
     loop = asyncio.get_running_loop()
 
     def on_stop_signal() -> None:
@@ -113,12 +111,6 @@ async def serve(config, config_path: str | None = None, ready=None, worker: Work
         hostmetrics.write_snapshot(collector)       # the final counters, for the supervisor
     log.info("stopped")
     return 0
-
-
-def not_yet_supported(config) -> list[str]:
-    """What this release does not do yet with what the config asks: said once at start,
-    so no operator relies on it unknowingly."""
-    return []           # (history with a broker is shared through Redis: cluster_history.py)
 
 
 def reload_from_file(gateway) -> bool:

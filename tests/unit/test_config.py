@@ -926,14 +926,3 @@ def test_broker_lease_and_prefix():
     assert "broker.lease_ms" in error_of(config_with(**{"broker.url": "redis://h/0", "broker.lease_ms": 500}))
     assert error_of(config_with(**{"broker.url": "redis://h/0", "broker.prefix": "a:b"})) == (
         "broker.prefix: invalid key prefix 'a:b' (expected 1-64 of A-Z a-z 0-9 _ . -)")
-
-
-def test_history_with_a_broker_needs_no_warning_at_start():
-    """History with a broker is shared through Redis (cluster_history.py): nothing to warn
-    about at start, with a broker or without."""
-    from wsprism.app import not_yet_supported
-
-    data = put(put(base(), "tenants[0].policy.history", {"size": 10, "ttl_ms": 60000}),
-               "broker.url", "redis://127.0.0.1:6379/0")
-    assert not_yet_supported(parse_config(dump(data))) == []
-    assert not_yet_supported(parse_config(dump(put(base(), "tenants[0].policy.history", {"size": 10, "ttl_ms": 60000})))) == []

@@ -10,7 +10,8 @@ import logging
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Realloc
-from picows.picows cimport MemoryBuffer
+from libc.errno cimport errno
+from picows.picows cimport MemoryBuffer, WSTransport
 
 from picows.picows import WSProtocol
 
@@ -29,6 +30,44 @@ DEF _HEAD_MAX = 65536
 DEF _READ_SLICE = 16384
 DEF _SIMD_PAD = 256          # picows keeps the last 256 bytes of its buffer for its parsers
 cdef bint _warned = False
+DEF _INFO = 20               # logging.INFO
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    int c_setsockopt "setsockopt" (int fd, int level, int name, const void* value, unsigned int size)
+
+
+@cython.final
+cdef class _SockoptShim:
+    """The transport as picows' `connection_made` sees it while its INFO line is off
+    (reader_py.Protocol.connection_made says why): the socket options it sets go
+    straight to `setsockopt(2)`, the ones it reads only for that line are not read."""
+    cdef object tr
+    cdef int fd
+    cdef public object write, get_write_buffer_size
+
+    def __init__(self, tr, int fd):
+        self.tr = tr
+        self.fd = fd
+        self.write = tr.write
+        self.get_write_buffer_size = tr.get_write_buffer_size
+
+    def get_extra_info(self, name, default=None):
+        if name == "socket":
+            return self
+        if name == "peername" or name == "sockname":
+            return None                  # only for the INFO line
+        return self.tr.get_extra_info(name, default)
+
+    def setsockopt(self, int level, int name, int value):
+        if c_setsockopt(self.fd, level, name, &value, sizeof(int)) != 0:
+            raise OSError(errno, "setsockopt failed")
+
+    def getsockopt(self, int level, int name):
+        return 0                         # only for the INFO line
+
+    def fileno(self):
+        return self.fd
 
 
 @cython.final
@@ -289,6 +328,17 @@ class Protocol(WSProtocol):
         WSProtocol.__init__(self, *args)
         self._view = None
         self._reader = Reader(self, answer_method)
+        (<Reader>self._reader).info_on = len(args) > 4 and args[4].isEnabledFor(_INFO)
+
+    def connection_made(self, transport):
+        cdef WSTransport tr
+        sock = None if (<Reader>self._reader).info_on else transport.get_extra_info("socket")
+        if sock is None:
+            WSProtocol.connection_made(self, transport)
+            return
+        WSProtocol.connection_made(self, _SockoptShim(transport, sock.fileno()))
+        tr = <WSTransport>self.transport
+        tr.underlying_transport = transport
 
     def get_buffer(self, size_hint):
         view = _get_buffer(self, size_hint)

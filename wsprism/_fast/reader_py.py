@@ -248,6 +248,17 @@ class Protocol(WSProtocol):
         self._view = None
         self._reader = Reader(self, answer_method)
 
+    def connection_made(self, transport) -> None:
+        """picows' own. Its `connection_made` sets TCP_NODELAY and TCP_QUICKACK, then reads
+        four socket options (and the peer and socket names) for an INFO line it builds
+        even when INFO is off. On uvloop each socket option call makes and detaches a
+        `socket.socket` (uvloop's `PseudoSocket`): about 40 k instructions per connect,
+        more than all the gateway's own handshake work. The compiled module hands picows'
+        `connection_made` a shim while picows' logger has INFO off: the two options set
+        go straight to `setsockopt(2)`, the reads for the line are skipped, and the
+        WSTransport it made gets the real transport back (a field only C can write)."""
+        WSProtocol.connection_made(self, transport)
+
     def get_buffer(self, size_hint):
         view = _get_buffer(self, size_hint)
         if len(view) > READ_SLICE:          # one read takes at most a slice

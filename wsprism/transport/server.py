@@ -53,6 +53,7 @@ def transport_frame_limit(config) -> int:
 async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: bool = False):
     loop = asyncio.get_running_loop()
     router = gateway.router
+    other_method = router.other_method      # one bound method for every connection
     frame_limit = [None, 0]         # (config, its transport_frame_limit): computed once per reload
 
     def protocol_factory():
@@ -73,7 +74,7 @@ async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: b
             frame_limit[1],             # follows reloads
             None,
             READ_BUFFER_INIT,
-            answer_method=router.other_method,
+            answer_method=other_method,
         )
         return proto
 

@@ -8,6 +8,7 @@ import gc
 import logging
 
 cimport cython
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Realloc
 from libc.errno cimport errno
@@ -168,6 +169,22 @@ cdef inline char* _view_ptr(object view) except? NULL:
     return <char*>b.buf
 
 
+cdef Py_ssize_t _buf_offset = 0      # where in a protocol object its read buffer was found
+
+
+cdef int _remember_offset(object proto, MemoryBuffer buf) except -1:
+    global _buf_offset
+    cdef Py_ssize_t off, size = type(proto).__basicsize__
+    cdef char* base = <char*><PyObject*>proto
+    off = sizeof(PyObject)
+    while off + <Py_ssize_t>sizeof(PyObject*) <= size:
+        if (<PyObject**>(base + off))[0] == <PyObject*>buf:
+            _buf_offset = off
+            return 0
+        off += sizeof(PyObject*)
+    return 0
+
+
 @cython.final
 cdef class Reader:
     def __init__(self, proto, answer_method):
@@ -183,11 +200,21 @@ cdef class Reader:
         self.buf = None
         self.idle_cap = 0
         # picows keeps its read buffer in a private field; the collector's view of the
-        # protocol's references is the one way to it that does not depend on its layout
+        # protocol's references is the one way to it that does not depend on its layout.
+        # Where the first connection's was found, the next ones' are looked at first
+        # (one pointer read, its type checked; the collector's view again if it is not one)
+        cdef PyObject* at
+        if _buf_offset > 0:
+            at = (<PyObject**>((<char*><PyObject*>proto) + _buf_offset))[0]
+            if at != NULL and at.ob_type == <PyTypeObject*>MemoryBuffer:
+                self.buf = <MemoryBuffer><object>at
+                self.idle_cap = self.buf.capacity
+                return
         found = [r for r in gc.get_referents(proto) if type(r) is MemoryBuffer]
         if len(found) == 1:
             self.buf = <MemoryBuffer>found[0]
             self.idle_cap = self.buf.capacity
+            _remember_offset(proto, self.buf)
         elif not _warned:
             _warned = True
             _log.warning("picows' read buffer not found: it will keep its peak size after large messages")
@@ -257,7 +284,11 @@ cdef class Reader:
         return 0
 
     cdef bint _other_method(self, object proto, bytearray head) except -1:
-        cdef Py_ssize_t eol = head.find(b"\r\n")
+        cdef Py_ssize_t eol
+        if head.startswith(b"GET "):
+            self.answer_method = None
+            return False
+        eol = head.find(b"\r\n")
         if eol < 0:
             return False
         parts = bytes(head[:eol]).split(b" ")

@@ -211,6 +211,9 @@ class Reader:
 
     def _other_method(self, proto, head: bytearray) -> bool:
         """A request line whose method is not GET: answer it here and hang up."""
+        if head.startswith(b"GET "):        # the usual request: nothing to look at
+            self.answer_method = None
+            return False
         eol = head.find(b"\r\n")
         if eol < 0:
             return False

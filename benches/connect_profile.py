@@ -3,7 +3,7 @@
     python benches/connect_profile.py [--targets gateway,picows] [--cycles 300] [--warmup 100]
 
 Starts each server under `valgrind --tool=callgrind --instr-atstart=no` on a free port,
-runs `--warmup` connect -> first text frame (`authed`) -> close cycles, 4 at a time,
+runs `--warmup` connect -> first text frame (`authed`) -> close (1000) cycles, 4 at a time,
 switches instrumentation on (`callgrind_control -i on`), runs `--cycles` more, switches
 it off and stops the server. Prints the instructions counted per session. Instruction
 counts do not depend on what else runs on the machine, so this decides handshake costs
@@ -31,7 +31,7 @@ from wsprism.loadgen.targets import SpawnedTarget, free_port  # noqa: E402
 
 
 async def _cycles(url: str, n: int, parallel: int = 4) -> None:
-    from picows import WSListener, WSMsgType, ws_connect
+    from picows import WSCloseCode, WSListener, WSMsgType, ws_connect
 
     class C(WSListener):
         def __init__(self):
@@ -44,7 +44,7 @@ async def _cycles(url: str, n: int, parallel: int = 4) -> None:
     async def one(i):
         tr, c = await ws_connect(C, url.format(i=i))
         await asyncio.wait_for(c.got, 60)
-        tr.send_close()
+        tr.send_close(WSCloseCode.OK)     # as `wsprism bench connect` closes (picows' default, 1005, is a protocol error on the wire)
         await asyncio.wait_for(tr.wait_disconnected(), 60)
 
     todo = iter(range(n))

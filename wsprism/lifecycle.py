@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from ._fast import Counter
 from .core import codes
-from .core.envelope import encode_sys
+from .core.envelope import encode_authed
 from .core.session import CLOSED, OPEN, about
 from .policy.ratelimit import new_session_bucket
 
@@ -77,11 +77,7 @@ class Lifecycle:
         session.state = OPEN
         session.bucket = new_session_bucket(tenant.policy)
         tenant.auth.set_expiry(session, session.ticket_exp)
-        session.send(encode_sys(
-            "authed",
-            data={"tenant": tenant.id, "user": session.user, "sid": session.sid},
-            trace_id=session.trace_id,
-        ))
+        session.send(encode_authed(tenant.id, session.user, session.sid, session.trace_id))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("session opened", extra=about(session))
 

@@ -57,6 +57,35 @@ def test_reload_moves_the_mark_of_live_sessions(g):
     run(main())
 
 
+def test_accepted_sockets_get_picows_options_and_the_loop_transport(g, caplog):
+    """picows' connection_made sets TCP_NODELAY and TCP_QUICKACK; the compiled reader
+    hands it a shim for that while picows' INFO line is off (reader_py.Protocol
+    .connection_made): the options are still set, the WSTransport holds the loop's own
+    transport, and with INFO on picows' own path runs and logs its line."""
+    import socket
+
+    def options(user):
+        s = g.call(lambda: g.tenant("a").sessions.sessions_of(user)[0])
+        tr = s.transport.underlying_transport
+        sock = g.call(lambda: tr.get_extra_info("socket"))
+        return (type(tr).__name__, g.call(lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
+                g.call(lambda: tr.get_extra_info("peername")) is not None)
+
+    async def main(user):
+        ws, _ = await connect_authed(g.url("a", f"dev:{user}"))
+        got = options(user)
+        assert (await request(ws, {"v": 1, "svc": "sys", "type": "ping"}))["type"] == "pong"
+        await ws.close()
+        return got
+
+    quiet = run(main("opts-quiet"))
+    assert quiet[1:] == (1, True)
+    assert quiet[0] != "_SockoptShim"
+    caplog.set_level(logging.INFO, logger="wsprism.picows")
+    assert run(main("opts-loud")) == quiet
+    assert any(r.getMessage().startswith("New connection accepted") for r in caplog.records)
+
+
 def test_client_protocol_errors_are_not_logged_as_errors(g, caplog):
     caplog.set_level(logging.DEBUG)
     s = raw_upgrade(g.port, "tenant=a&ticket=dev:rude")

@@ -56,3 +56,14 @@ def test_a_lone_surrogate_is_named(escape):
 def test_a_surrogate_pair_and_an_escaped_backslash_are_fine():
     assert decode_envelope(b'{"v":1,"svc":"sys","type":"ping","data":"\\ud83d\\ude00"}').type == "ping"
     assert decode_envelope(b'{"v":1,"svc":"sys","type":"ping","data":"\\\\ud800"}').type == "ping"
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from wsprism.core.envelope import encode_authed, encode_sys  # noqa: E402
+
+
+@given(st.text(), st.one_of(st.text(), st.integers()), st.text(), st.text())
+def test_encode_authed_is_encode_sys_byte_for_byte(tenant, user, sid, trace_id):
+    assert encode_authed(tenant, user, sid, trace_id) == encode_sys(
+        "authed", data={"tenant": tenant, "user": user, "sid": sid}, trace_id=trace_id)

@@ -194,3 +194,35 @@ def test_plain_queries_split_as_parse_qsl_does(fields, sep):
         expected = None
     got = None if text.count("&") >= 32 else _split_plain(text)
     assert got == expected
+
+
+# -- the usual query in one match agrees with the general path ------------------------------
+
+def _general(text: str):
+    from wsprism.transport.handshake import _parse_query
+    try:
+        return _parse_query(text)
+    except BadQuery as exc:
+        return str(exc)
+
+
+def _any(text: str):
+    try:
+        return parse_query(text.encode("ascii"))
+    except BadQuery as exc:
+        return str(exc)
+
+
+_piece = st.text(alphabet=[chr(c) for c in range(0x20, 0x7F)], max_size=70)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.one_of(_tenant, _piece), st.one_of(_ticket, _piece, st.text(alphabet="ab%+&=", max_size=8)),
+       st.one_of(st.none(), _sid, _piece), st.sampled_from(["", "&", "&x=1", "&sid=a", "&tenant=b"]))
+def test_the_usual_query_matches_what_the_general_path_gives(tenant, ticket, sid, tail):
+    from wsprism.transport.handshake import _USUAL_QUERY
+
+    q = f"tenant={tenant}&ticket={ticket}" + ("" if sid is None else f"&sid={sid}") + tail
+    assert _any(q) == _general(q)
+    if tail == "" and _USUAL_QUERY.fullmatch(q) is not None:
+        assert _general(q) == (tenant, ticket, sid)

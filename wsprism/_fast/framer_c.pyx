@@ -3,7 +3,7 @@
 framer_py.py (the twin); this module works on picows' frame pointer directly, so a
 relayed Hot Lane frame creates one Python object: the outgoing frame, shared by all."""
 import asyncio
-import secrets
+from os import urandom
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -134,7 +134,7 @@ cdef class Conn(Endpoint):
         self.rl_notice_at = -1.0
         self.frag = None
         self.frag_binary = False
-        self.trace_id = secrets.token_hex(8)
+        self.trace_id = urandom(8).hex()          # secrets.token_hex(8), without its two Python calls
         self.n_traces = 0
         self.seen = True
         self.close_handle = None
@@ -282,7 +282,8 @@ cdef class Conn(Endpoint):
             self.host.detach(self)
             transport.send_close(<WSCloseCode>code)
         transport.disconnect()
-        if self.close_handle is None:   # a peer that stops reading cannot hold the socket
+        # a peer that stops reading cannot hold the socket (framer_py: when a timer is needed)
+        if self.close_handle is None and (transport.is_secure or transport.underlying_transport.get_write_buffer_size()):
             self.close_handle = asyncio.get_running_loop().call_later(
                 CLOSE_TIMEOUT, (<object>transport).disconnect, False)
 

@@ -41,7 +41,7 @@ closes it 4005 at once, whatever the lane, counted by reason in the lane's count
 (`C_SLOW_OUTBOUND_MAX`, `C_SLOW_OUTBOUND_TOTAL_MAX`).
 """
 import asyncio
-import secrets
+from os import urandom
 from time import monotonic, perf_counter
 
 import msgspec
@@ -165,7 +165,7 @@ class Conn(Endpoint):
         self.rl_notice_at = -1.0
         self.frag = None
         self.frag_binary = False
-        self.trace_id = secrets.token_hex(8)
+        self.trace_id = urandom(8).hex()          # secrets.token_hex(8), without its two Python calls
         self.n_traces = 0
         self.seen = True
         self.close_handle = None
@@ -319,7 +319,11 @@ class Conn(Endpoint):
             self.host.detach(self)
             transport.send_close(code)
         transport.disconnect()
-        if self.close_handle is None:   # a peer that stops reading cannot hold the socket
+        # A peer that stops reading cannot hold the socket: with bytes still buffered the
+        # transport waits for them to drain (TLS: for the peer's close_notify), so it is
+        # aborted after CLOSE_TIMEOUT. A plain transport with nothing buffered is gone
+        # already (connection_lost is scheduled by its close()): no timer for it.
+        if self.close_handle is None and (transport.is_secure or transport.underlying_transport.get_write_buffer_size()):
             self.close_handle = asyncio.get_running_loop().call_later(
                 CLOSE_TIMEOUT, transport.disconnect, False)
 

@@ -30,6 +30,7 @@ cdef class Reader:
     cdef Py_ssize_t idle_cap     # its capacity when the connection was made
     cdef Py_ssize_t reads        # reads since the upgrade
     cdef bint check_armed        # a quiet check is pending
+    cdef bint info_on            # picows' logger logs INFO (its connect line reads socket options)
     cdef int _updated(self, object proto, object view, Py_ssize_t n) except -1
     cdef int _http(self, object proto, object view, Py_ssize_t n) except -1
     cdef bint _other_method(self, object proto, bytearray head) except -1

@@ -8,9 +8,11 @@ import gc
 import logging
 
 cimport cython
+from cpython.object cimport PyObject, PyTypeObject
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.mem cimport PyMem_Realloc
-from picows.picows cimport MemoryBuffer
+from libc.errno cimport errno
+from picows.picows cimport MemoryBuffer, WSTransport
 
 from picows.picows import WSProtocol
 
@@ -29,6 +31,44 @@ DEF _HEAD_MAX = 65536
 DEF _READ_SLICE = 16384
 DEF _SIMD_PAD = 256          # picows keeps the last 256 bytes of its buffer for its parsers
 cdef bint _warned = False
+DEF _INFO = 20               # logging.INFO
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    int c_setsockopt "setsockopt" (int fd, int level, int name, const void* value, unsigned int size)
+
+
+@cython.final
+cdef class _SockoptShim:
+    """The transport as picows' `connection_made` sees it while its INFO line is off
+    (reader_py.Protocol.connection_made says why): the socket options it sets go
+    straight to `setsockopt(2)`, the ones it reads only for that line are not read."""
+    cdef object tr
+    cdef int fd
+    cdef public object write, get_write_buffer_size
+
+    def __init__(self, tr, int fd):
+        self.tr = tr
+        self.fd = fd
+        self.write = tr.write
+        self.get_write_buffer_size = tr.get_write_buffer_size
+
+    def get_extra_info(self, name, default=None):
+        if name == "socket":
+            return self
+        if name == "peername" or name == "sockname":
+            return None                  # only for the INFO line
+        return self.tr.get_extra_info(name, default)
+
+    def setsockopt(self, int level, int name, int value):
+        if c_setsockopt(self.fd, level, name, &value, sizeof(int)) != 0:
+            raise OSError(errno, "setsockopt failed")
+
+    def getsockopt(self, int level, int name):
+        return 0                         # only for the INFO line
+
+    def fileno(self):
+        return self.fd
 
 
 @cython.final
@@ -129,6 +169,22 @@ cdef inline char* _view_ptr(object view) except? NULL:
     return <char*>b.buf
 
 
+cdef Py_ssize_t _buf_offset = 0      # where in a protocol object its read buffer was found
+
+
+cdef int _remember_offset(object proto, MemoryBuffer buf) except -1:
+    global _buf_offset
+    cdef Py_ssize_t off, size = type(proto).__basicsize__
+    cdef char* base = <char*><PyObject*>proto
+    off = sizeof(PyObject)
+    while off + <Py_ssize_t>sizeof(PyObject*) <= size:
+        if (<PyObject**>(base + off))[0] == <PyObject*>buf:
+            _buf_offset = off
+            return 0
+        off += sizeof(PyObject*)
+    return 0
+
+
 @cython.final
 cdef class Reader:
     def __init__(self, proto, answer_method):
@@ -144,11 +200,21 @@ cdef class Reader:
         self.buf = None
         self.idle_cap = 0
         # picows keeps its read buffer in a private field; the collector's view of the
-        # protocol's references is the one way to it that does not depend on its layout
+        # protocol's references is the one way to it that does not depend on its layout.
+        # Where the first connection's was found, the next ones' are looked at first
+        # (one pointer read, its type checked; the collector's view again if it is not one)
+        cdef PyObject* at
+        if _buf_offset > 0:
+            at = (<PyObject**>((<char*><PyObject*>proto) + _buf_offset))[0]
+            if at != NULL and at.ob_type == <PyTypeObject*>MemoryBuffer:
+                self.buf = <MemoryBuffer><object>at
+                self.idle_cap = self.buf.capacity
+                return
         found = [r for r in gc.get_referents(proto) if type(r) is MemoryBuffer]
         if len(found) == 1:
             self.buf = <MemoryBuffer>found[0]
             self.idle_cap = self.buf.capacity
+            _remember_offset(proto, self.buf)
         elif not _warned:
             _warned = True
             _log.warning("picows' read buffer not found: it will keep its peak size after large messages")
@@ -218,7 +284,11 @@ cdef class Reader:
         return 0
 
     cdef bint _other_method(self, object proto, bytearray head) except -1:
-        cdef Py_ssize_t eol = head.find(b"\r\n")
+        cdef Py_ssize_t eol
+        if head.startswith(b"GET "):
+            self.answer_method = None
+            return False
+        eol = head.find(b"\r\n")
         if eol < 0:
             return False
         parts = bytes(head[:eol]).split(b" ")
@@ -289,6 +359,17 @@ class Protocol(WSProtocol):
         WSProtocol.__init__(self, *args)
         self._view = None
         self._reader = Reader(self, answer_method)
+        (<Reader>self._reader).info_on = len(args) > 4 and args[4].isEnabledFor(_INFO)
+
+    def connection_made(self, transport):
+        cdef WSTransport tr
+        sock = None if (<Reader>self._reader).info_on else transport.get_extra_info("socket")
+        if sock is None:
+            WSProtocol.connection_made(self, transport)
+            return
+        WSProtocol.connection_made(self, _SockoptShim(transport, sock.fileno()))
+        tr = <WSTransport>self.transport
+        tr.underlying_transport = transport
 
     def get_buffer(self, size_hint):
         view = _get_buffer(self, size_hint)

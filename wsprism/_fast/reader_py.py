@@ -211,6 +211,9 @@ class Reader:
 
     def _other_method(self, proto, head: bytearray) -> bool:
         """A request line whose method is not GET: answer it here and hang up."""
+        if head.startswith(b"GET "):        # the usual request: nothing to look at
+            self.answer_method = None
+            return False
         eol = head.find(b"\r\n")
         if eol < 0:
             return False
@@ -247,6 +250,17 @@ class Protocol(WSProtocol):
         WSProtocol.__init__(self, *args)
         self._view = None
         self._reader = Reader(self, answer_method)
+
+    def connection_made(self, transport) -> None:
+        """picows' own. Its `connection_made` sets TCP_NODELAY and TCP_QUICKACK, then reads
+        four socket options (and the peer and socket names) for an INFO line it builds
+        even when INFO is off. On uvloop each socket option call makes and detaches a
+        `socket.socket` (uvloop's `PseudoSocket`): about 40 k instructions per connect,
+        more than all the gateway's own handshake work. The compiled module hands picows'
+        `connection_made` a shim while picows' logger has INFO off: the two options set
+        go straight to `setsockopt(2)`, the reads for the line are skipped, and the
+        WSTransport it made gets the real transport back (a field only C can write)."""
+        WSProtocol.connection_made(self, transport)
 
     def get_buffer(self, size_hint):
         view = _get_buffer(self, size_hint)

@@ -132,6 +132,17 @@ def encode_sys(type_: str, room: str | None = None, data: Any = msgspec.UNSET, *
     return encode_message("sys", type_, room, data, **extra)
 
 
+_AUTHED_HEAD = b'{"v":1,"svc":"sys","type":"authed","trace_id":'
+
+
+def encode_authed(tenant: str, user: Any, sid: str, trace_id: str) -> bytes:
+    """`encode_sys("authed", data={"tenant":..,"user":..,"sid":..}, trace_id=..)` byte
+    for byte (tests/unit/test_envelope.py checks it), without the dicts: every connect
+    sends one."""
+    enc = _encoder.encode
+    return b'%s%s,"data":{"tenant":%s,"user":%s,"sid":%s}}' % (_AUTHED_HEAD, enc(trace_id), enc(tenant), enc(user), enc(sid))
+
+
 def reply_head(svc: str) -> bytes:
     """The fixed start of a service's replies, for `encode_reply` (built once per service)."""
     return b'{"v":1,"svc":' + _encoder.encode(svc) + b',"type":"reply"'

@@ -24,7 +24,12 @@ class SessionRegistry:
         self.count -= 1
 
     def find(self, user: str, sid: str):
-        for session in self.with_sid(sid):
+        entry = self.by_sid.get(sid)
+        if entry is None:
+            return None
+        if type(entry) is not list:
+            return entry if entry.user == user else None
+        for session in entry:
             if session.user == user:
                 return session
         return None

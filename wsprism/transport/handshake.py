@@ -9,9 +9,7 @@ client that was refused: browsers only see close 1006, SPEC 16), with `gateway.d
 the JavaScript client and the demo page, and answers a method other than GET with 405
 (`other_method`, called by the reader before picows parses the request).
 """
-import binascii
 import re
-from base64 import b64decode
 from typing import NamedTuple
 from urllib.parse import parse_qsl
 
@@ -45,17 +43,35 @@ def _split_plain(text: str) -> list:
     return pairs
 
 
+# The usual query, `tenant=<id>&ticket=<ticket>[&sid=<sid>]` with no escapes, in one
+# match: what the general path below gives for it (tests/unit/test_query.py checks it).
+# The ticket leaves out '%' and '+' (escapes) and '&' (a field's end).
+_USUAL_QUERY = re.compile(
+    r"tenant=(%s)&ticket=([\x20-\x24\x27-\x2a\x2c-\x7e]{1,4096})(?:&sid=(%s))?"
+    % (names.TENANT_ID_PATTERN, names.SID_PATTERN))
+
+
 def parse_query(raw: bytes) -> tuple[str, str, str | None]:
     """(tenant, ticket, sid) from the query string, or BadQuery with the reason."""
     try:
         text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadQuery("malformed query string") from None
+    usual = _USUAL_QUERY.fullmatch(text)
+    if usual is not None:
+        return usual.groups()
+    return _parse_query(text)
+
+
+def _parse_query(text: str) -> tuple[str, str, str | None]:
+    try:
         if "%" in text or "+" in text:
             pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=32)
         elif text.count("&") >= 32:
             raise ValueError("more than 32 fields")       # parse_qsl's max_num_fields
         else:
             pairs = _split_plain(text)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeError, ValueError):
         raise BadQuery("malformed query string") from None
     found: dict[str, str] = {}
     for key, value in pairs:
@@ -75,8 +91,9 @@ def parse_query(raw: bytes) -> tuple[str, str, str | None]:
     return tenant, ticket, sid
 
 
-def _is_upgrade(headers) -> bool:
-    return "websocket" in headers.get("Upgrade", "").lower()
+def _is_upgrade(upgrade: str) -> bool:
+    """`upgrade`: the Upgrade header, lower-cased ("" when absent)."""
+    return "websocket" in upgrade
 
 
 def ws_header_problem(headers) -> tuple[int, str, dict | None] | None:
@@ -89,25 +106,24 @@ def ws_header_problem(headers) -> tuple[int, str, dict | None] | None:
         return 426, "unsupported WebSocket version: this server speaks version 13", \
             {"Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
     keys = headers.getall("Sec-WebSocket-Key", [])
-    if len(keys) != 1 or not _valid_key(keys[0]):
+    if len(keys) != 1 or not _KEY.fullmatch(keys[0]):
         return 400, "an upgrade needs exactly one Sec-WebSocket-Key, the base64 of 16 bytes", None
     return None
 
 
-def _picows_accepts(headers) -> bool:
+# A Sec-WebSocket-Key that is the base64 of 16 bytes: 22 digits and "==" (what
+# `b64decode(key, validate=True)` decodes to 16 bytes, which does not check the last
+# digit's low bits either: tests/unit/test_upgrade_checks.py)
+_KEY = re.compile(r"[A-Za-z0-9+/]{22}==")
+
+
+def _picows_accepts(upgrade: str, connection: str) -> bool:
     """What picows' `_validate_upgrade_request` checks after the listener factory, beyond
     `ws_header_problem` (version and key are checked there): Upgrade exactly `websocket`
-    and Connection exactly `upgrade`, case aside. The router refuses what picows would,
-    before it creates a session, without computing the accept value (a SHA-1) that
-    picows computes again for the 101."""
-    return headers.get("Upgrade", "").lower() == "websocket" and headers.get("Connection", "").lower() == "upgrade"
-
-
-def _valid_key(key: str) -> bool:
-    try:
-        return len(b64decode(key.encode("ascii"), validate=True)) == 16
-    except (UnicodeEncodeError, binascii.Error, ValueError):
-        return False
+    and Connection exactly `upgrade`, case aside (both given lower-cased, "" when absent).
+    The router refuses what picows would, before it creates a session, without computing
+    the accept value (a SHA-1) that picows computes again for the 101."""
+    return upgrade == "websocket" and connection == "upgrade"
 
 
 class Router:
@@ -149,10 +165,11 @@ class Router:
         return http.plain(status, body, headers)
 
     def _upgrade(self, request, query: bytes, proto):
-        if not _is_upgrade(request.headers):
+        upgrade = request.headers.get("Upgrade", "").lower()
+        if not _is_upgrade(upgrade):
             return self._reject(self.gw.unknown_stats, 426, "upgrade required: this endpoint speaks WebSocket",
                                 "not_upgrade", {"Upgrade": "websocket"})
-        verdict = self._admit(request, query, proto, upgrade=True)
+        verdict = self._admit(request, query, proto, upgrade)
         if isinstance(verdict, Refusal):
             return self._reject(*verdict)
         tenant, user, sid, ip, exp, ticket = verdict
@@ -165,7 +182,7 @@ class Router:
         (200 instead of 101). A webhook tenant's ticket is judged only after an upgrade
         (4007), so here it passes. Any origin may ask: a page can learn nothing here that
         opening the WebSocket would not tell it."""
-        verdict = self._admit(request, query, proto, upgrade=False)
+        verdict = self._admit(request, query, proto, None)
         if isinstance(verdict, Refusal):
             stats, status, msg, reason, headers = verdict
             stats.count_upgrade(status, reason)
@@ -176,8 +193,9 @@ class Router:
         verdict[0].stats.count_upgrade(200, None)
         return http.json(200, {"reason": "ok", "msg": "the gateway would accept this handshake now"})
 
-    def _admit(self, request, query: bytes, proto, upgrade: bool):
-        """The checks from draining on: a Refusal, or what the new session needs."""
+    def _admit(self, request, query: bytes, proto, upgrade: str | None):
+        """The checks from draining on: a Refusal, or what the new session needs.
+        `upgrade`: the Upgrade header lower-cased for an upgrade, None for /v1/ws/check."""
         gw = self.gw
         unknown = gw.unknown_stats
         headers = request.headers
@@ -193,15 +211,15 @@ class Router:
                 if verdict is not None:
                     reason, retry = verdict
                     return Refusal(unknown, 429, "too many handshakes", reason, {"Retry-After": str(retry)})
-        if upgrade:
-            connection = headers.get("Connection", "")
-            if connection.lower() != "upgrade" and "upgrade" in (t.strip() for t in connection.lower().split(",")):
-                headers["Connection"] = "upgrade"    # picows wants exactly one token (Firefox sends two)
+        if upgrade is not None:
+            connection = headers.get("Connection", "").lower()
+            if connection != "upgrade" and "upgrade" in (t.strip() for t in connection.split(",")):
+                headers["Connection"] = connection = "upgrade"    # picows wants exactly one token (Firefox sends two)
             problem = ws_header_problem(headers)
             if problem is not None:
                 status, body, extra = problem
                 return Refusal(unknown, status, body, "bad_request", extra)
-            if not _picows_accepts(headers):
+            if not _picows_accepts(upgrade, connection):
                 return Refusal(unknown, 400, "bad WebSocket upgrade request", "bad_request")
         try:
             tenant_id, ticket, sid = parse_query(query)

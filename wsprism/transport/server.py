@@ -36,8 +36,24 @@ class _ClientFaults(logging.Filter):
 _log = logging.getLogger("wsprism.transport")
 _picows_base = logging.getLogger("wsprism.picows")
 _picows_base.addFilter(_ClientFaults())
-# A LoggerAdapter stops picows from creating a child logger per connection.
-_picows_logger = logging.LoggerAdapter(_picows_base, {})
+
+
+class _PicowsLog(logging.LoggerAdapter):
+    """picows' logger. An adapter (not a Logger) stops picows from creating a child
+    logger per connection. picows asks it `isEnabledFor` twice and logs two INFO lines
+    per connection (connected, disconnected) that are off in production: both go
+    straight to the logger's own check instead of through the adapter's two calls."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self.isEnabledFor = logger.isEnabledFor
+
+    def info(self, msg, *args, **kwargs) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            self.log(logging.INFO, msg, *args, **kwargs)
+
+
+_picows_logger = _PicowsLog(_picows_base)
 
 
 TRANSPORT_FRAME_FLOOR = 1 << 20
@@ -53,6 +69,7 @@ def transport_frame_limit(config) -> int:
 async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: bool = False):
     loop = asyncio.get_running_loop()
     router = gateway.router
+    other_method = router.other_method      # one bound method for every connection
     frame_limit = [None, 0]         # (config, its transport_frame_limit): computed once per reload
 
     def protocol_factory():
@@ -73,7 +90,7 @@ async def start_server(gateway, host: str, port: int, *, ssl=None, reuse_port: b
             frame_limit[1],             # follows reloads
             None,
             READ_BUFFER_INIT,
-            answer_method=router.other_method,
+            answer_method=other_method,
         )
         return proto
 

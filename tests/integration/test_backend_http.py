@@ -21,6 +21,9 @@ RAW = {
     "not_http": [b"SSH-2.0-OpenSSH_9.6\r\n"],
     "bad_length": [b"HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n{}"],
     "stale": [OK, None, OK],        # answers once, then closes the kept-alive connection at the next
+    # two answers to one request, in one write, then (on a new connection) one
+    "double": [OK + b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n'
+               b'{"reply":"two"}', OK],
 }
 
 YAML = """
@@ -31,7 +34,7 @@ tenants:
   - id: acme
     policy:
       ext_allowlist: ["sys:*", "ka:*", "tls:*", "untrusted:*", "eof:*", "chunked:*", "not_http:*",
-                      "bad_length:*", "stale:*"]
+                      "bad_length:*", "stale:*", "double:*"]
       rate_limit_rps: 10000
       rate_limit_burst: 10000
     services:
@@ -162,3 +165,20 @@ def test_a_kept_alive_connection_closed_by_the_backend_is_not_retried(g, servers
     assert servers["stale"].connections == 2
     assert servers["stale"].answers == []
     assert outcomes(g, "stale")["unreachable"] == 1
+
+
+def test_a_second_answer_to_one_request_is_never_taken_for_the_next(g, servers):
+    """The first answer stands; the connection that carried the extra one is closed, so the
+    next message (posted from the first one's answer callback) gets its own answer on a
+    new connection."""
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        await send_json(ws, msg("double", 1))
+        await send_json(ws, msg("double", 2))
+        first, second = await recv_json(ws), await recv_json(ws)
+        assert (first["seq"], first["data"]) == (1, "ok")
+        assert (second["seq"], second["data"]) == (2, "ok")
+        await ws.close()
+    run(main())
+    assert servers["double"].connections == 2
+    assert outcomes(g, "double")["ok"] == 2

@@ -105,7 +105,7 @@ class _Conn(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status = 0
-        self.body = bytearray()
+        self.body = b""                 # bytes for an answer in one piece, a bytearray from the second
         self.limit = 0
         self.inflate = None
         self.length_known = False
@@ -162,7 +162,8 @@ class _Conn(asyncio.Protocol):
             except BackendFailure as failure:
                 self._settle(failure)
                 return
-            self._settle((self.status, bytes(self.body)))
+            body = self.body
+            self._settle((self.status, body if type(body) is bytes else bytes(body)))
             return
         if exc is None:
             self._settle(BackendFailure(UNREACHABLE, "backend closed the connection without answering"))
@@ -176,10 +177,6 @@ class _Conn(asyncio.Protocol):
         pass
 
     # -- httptools callbacks -------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self.result is not None:
-            raise BackendFailure(UNREACHABLE, "backend sent a second answer to one request")
-
     def on_header(self, name: bytes, value: bytes) -> None:
         n = len(name)
         if n == 14 and name.lower() == b"content-length":
@@ -196,6 +193,8 @@ class _Conn(asyncio.Protocol):
             self.length_known = True
 
     def on_headers_complete(self) -> None:
+        if self.result is not None:           # a second answer in the chunk of the first
+            raise BackendFailure(UNREACHABLE, "backend sent a second answer to one request")
         self.headers_done = True
         self.status = self.parser.get_status_code()
         enc = self.encoding
@@ -210,8 +209,15 @@ class _Conn(asyncio.Protocol):
         inflate = self.inflate
         body = self.body
         if inflate is None:
-            body += data
+            if not body:
+                body = self.body = data
+            else:
+                if type(body) is bytes:
+                    body = self.body = bytearray(body)
+                body += data
         else:
+            if type(body) is bytes:
+                body = self.body = bytearray(body)
             try:
                 body += inflate.decompress(data, self.limit + 1 - len(body))
             except zlib.error as exc:
@@ -224,7 +230,8 @@ class _Conn(asyncio.Protocol):
         if self.done is None:                # nothing asked (a stray answer on an idle connection)
             self._abort()
             return
-        self.result = (self.status, bytes(self.body))
+        body = self.body
+        self.result = (self.status, body if type(body) is bytes else bytes(body))
         self.keep = self.parser.should_keep_alive()
 
     def _finish_body(self) -> None:
@@ -232,6 +239,8 @@ class _Conn(asyncio.Protocol):
         if inflate is not None:
             room = self.limit + 1 - len(self.body)
             if room > 0:
+                if type(self.body) is bytes:
+                    self.body = bytearray(self.body)
                 self.body += inflate.flush(room)
             if len(self.body) > self.limit or inflate.unconsumed_tail:
                 raise BackendFailure(TOO_LARGE, f"answer longer than {self.limit} bytes")

@@ -319,7 +319,8 @@ class _Batch:
         except Exception:                     # a bug must not stop the queue or leak out
             self._crashed()
         self._pop()
-        fwd._next(self.session, self.queue)
+        # the next batch a turn later (as the first): what this turn's reads bring joins it
+        fwd._loop.call_soon(fwd._next, self.session, self.queue)
 
     def _answered(self, result) -> None:
         fwd, session = self.fwd, self.session

@@ -29,7 +29,8 @@ Starts three kinds of processes on 127.0.0.1 and stops them all at the end:
    whose `on_ws_frame` writes a pre-built HTTP POST (the size of the gateway's request)
    on a pooled keep-alive connection (a raw asyncio Protocol), parses the answer with
    httptools and sends a fixed reply frame; one message per session at the backend at a
-   time, like the gateway. No envelope decoding, policy, timers, metrics or JSON. Driven
+   time, like the gateway. No envelope decoding, policy, timers, metrics or JSON. On
+   uvloop's transport, as the gateway (`--floor-aiofastnet`: picows' own). Driven
    by the same clients and backend as phase 1, the same CPU accounting.
 
 `--pin 0:1` puts the gateway (or the floor server) on CPU 0 and the clients and the
@@ -126,13 +127,13 @@ FLOOR_BODY = (b'{"tenant":"bench","user":"u17","sid":"0123456789abcdef","trace_i
 FLOOR_POOL = 64
 
 
-def serve_floor(port: int, backend_port: int) -> None:
+def serve_floor(port: int, backend_port: int, aiofastnet: bool) -> None:
     import uvloop
 
-    uvloop.run(_floor(port, backend_port))
+    uvloop.run(_floor(port, backend_port, aiofastnet))
 
 
-async def _floor(port: int, backend_port: int) -> None:
+async def _floor(port: int, backend_port: int, aiofastnet: bool) -> None:
     import httptools
     from picows import WSListener, WSMsgType, ws_create_server
 
@@ -202,7 +203,7 @@ async def _floor(port: int, backend_port: int) -> None:
     for _ in range(FLOOR_POOL):
         _, conn = await loop.create_connection(Http, "127.0.0.1", backend_port)
         pool.append(conn)
-    server = await ws_create_server(lambda request: Floor(), "127.0.0.1", port)
+    server = await ws_create_server(lambda request: Floor(), "127.0.0.1", port, use_aiofastnet=aiofastnet)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -492,13 +493,15 @@ def main(argv=None) -> int:
                    "of the webhook (or floor) phase; FILE.txt gives raw collapsed stacks, else an SVG")
     p.add_argument("--json", metavar="FILE", help="append the results as one JSON line to FILE")
     p.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--floor-aiofastnet", action="store_true",
+                   help="the floor on picows' aiofastnet transport (default: uvloop's, as the gateway)")
     p.add_argument("--serve-floor", type=int, nargs=2, metavar=("PORT", "BACKEND"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_backend:
         serve_backend(args.serve_backend)
         return 0
     if args.serve_floor:
-        serve_floor(*args.serve_floor)
+        serve_floor(*args.serve_floor, args.floor_aiofastnet)
         return 0
     if args.pin:
         server, client = args.pin.split(":")
@@ -537,8 +540,8 @@ def main(argv=None) -> int:
                 b = publish_phase(args, gw_port, api_port, gw) if "publish" in phases else None
             if "floor" in phases:
                 fl_port = free_port()
-                server = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(fl_port), str(be_port)],
-                                          env=env)
+                server = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(fl_port), str(be_port),
+                                           *(["--floor-aiofastnet"] if args.floor_aiofastnet else [])], env=env)
                 procs.append(server)
                 pin(server.pid, "server")
                 print(f"floor pid {server.pid}", file=sys.stderr, flush=True)
@@ -559,7 +562,8 @@ def main(argv=None) -> int:
         with open(args.json, "a", encoding="utf-8") as f:
             f.write(json.dumps({"kind": "backend", "batch": args.batch, "conns": args.conns, "window": args.window,
                                 "seconds": args.seconds, "load": os.getloadavg()[0], "pin": args.pin,
-                                "ping": base, "webhook": a, "publish": b, "floor": floor}) + "\n")
+                                "ping": base, "webhook": a, "publish": b, "floor": floor,
+                                "floor_transport": "aiofastnet" if args.floor_aiofastnet else "uvloop"}) + "\n")
     print(f"cores: {os.cpu_count()}  python: {sys.version.split()[0]}  load: {os.getloadavg()[0]:.2f}"
           f"  pin: {args.pin or 'no'}")
     if base:

@@ -8,7 +8,8 @@ answers (2xx) `{"reply"?, "publish"?: [{"room","svc","type","data"?}], "error"?:
 Order: per session, messages to one service reach the backend one at a time, in the
 order they arrived, and their answers come back in that order. Each session has a queue
 per service (the message being answered included) of at most `max_inflight_per_session`;
-beyond that, RESOURCE_EXHAUSTED. A task drains the queue while it is non-empty.
+beyond that, RESOURCE_EXHAUSTED. No task per session: the front of the queue is posted with
+`HttpClient.post`, and its answer's callback settles it and posts the next.
 
 Time: a message is answered within `timeout_ms` of its arrival, time spent queued
 included (then TIMEOUT), so a dead or hanging backend costs each message at most its

@@ -3,7 +3,7 @@
     python benches/backend_bench.py [--conns 50] [--window 8] [--seconds 5]
                                     [--room 1000] [--publishes 200] [--interval-ms 50]
                                     [--procs 2] [--batch N] [--phases ping,webhook,publish]
-                                    [--profile FILE]
+                                    [--profile FILE] [--pin SERVER:CLIENT] [--spy FILE]
 
 Starts three kinds of processes on 127.0.0.1 and stops them all at the end:
 - a trivial backend (aiohttp + uvloop; POST /svc answers `{"reply":1}` without
@@ -24,6 +24,18 @@ Starts three kinds of processes on 127.0.0.1 and stops them all at the end:
    member) pair, time until the last member has it (p50/p99 over publishes), the POST
    round trip, and the gateway's CPU time per publish.
 
+3. The floor (`--phases floor`): what any Python forwarder on picows + uvloop pays for the
+   unbatched shape on this machine. A bare picows server (`--serve-floor`, from this file)
+   whose `on_ws_frame` writes a pre-built HTTP POST (the size of the gateway's request)
+   on a pooled keep-alive connection (a raw asyncio Protocol), parses the answer with
+   httptools and sends a fixed reply frame; one message per session at the backend at a
+   time, like the gateway. No envelope decoding, policy, timers, metrics or JSON. On
+   uvloop's transport, as the gateway (`--floor-aiofastnet`: picows' own). Driven
+   by the same clients and backend as phase 1, the same CPU accounting.
+
+`--pin 0:1` puts the gateway (or the floor server) on CPU 0 and the clients and the
+backend on CPU 1. `--spy FILE` records the gateway (or the floor) with py-spy
+(`--native -r 1000`) over the measured window of the webhook (or floor) phase.
 Every wait is bounded; a phase that does not finish in time fails the run.
 """
 from __future__ import annotations
@@ -40,6 +52,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,6 +115,100 @@ def serve_backend(port: int) -> None:
     app.router.add_post("/batch", batch)
     uvloop.install()
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# --- the floor: a bare forwarder -------------------------------------------------------------
+
+FLOOR_AUTHED = b'{"v":1,"svc":"sys","type":"authed","data":{"tenant":"bench","user":"u","sid":"s"}}'
+FLOOR_REPLY = b'{"v":1,"svc":"bk","type":"reply","seq":1,"data":1}'
+# the size of the gateway's request: tenant, user, sid, trace_id and the envelope
+FLOOR_BODY = (b'{"tenant":"bench","user":"u17","sid":"0123456789abcdef","trace_id":"0123456789abcdef-123",'
+              b'"msg":{"v":1,"svc":"bk","type":"x","seq":123}}')
+FLOOR_POOL = 64
+
+
+def serve_floor(port: int, backend_port: int, aiofastnet: bool) -> None:
+    import uvloop
+
+    uvloop.run(_floor(port, backend_port, aiofastnet))
+
+
+async def _floor(port: int, backend_port: int, aiofastnet: bool) -> None:
+    import httptools
+    from picows import WSListener, WSMsgType, ws_create_server
+
+    text, close = WSMsgType.TEXT, WSMsgType.CLOSE
+    post = (b"POST /svc HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+            b"User-Agent: wsprism/floor\r\nContent-Length: %d\r\n\r\n%b") % (backend_port, len(FLOOR_BODY), FLOOR_BODY)
+    loop = asyncio.get_running_loop()
+    pool: list = []
+    waiting: deque = deque()
+
+    class Http(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpResponseParser(self)
+            self.tr = None
+            self.session = None
+
+        def connection_made(self, transport) -> None:
+            self.tr = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_body(self, body: bytes) -> None:
+            pass
+
+        def on_message_complete(self) -> None:
+            session, self.session = self.session, None
+            if waiting:
+                waiting.popleft().post(self)
+            else:
+                pool.append(self)
+            session.answered()
+
+    class Floor(WSListener):
+        def __init__(self) -> None:
+            self.tr = None
+            self.pending = 0
+
+        def on_ws_connected(self, transport) -> None:
+            self.tr = transport
+            transport.send(text, FLOOR_AUTHED)
+
+        def on_ws_frame(self, transport, frame) -> None:
+            mt = frame.msg_type
+            if mt == text:
+                frame.get_payload_as_bytes()          # what a forwarder must at least read
+                self.pending += 1
+                if self.pending == 1:
+                    self.post(pool.pop() if pool else None)
+            elif mt == close:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+
+        def post(self, conn) -> None:
+            if conn is None:
+                waiting.append(self)
+                return
+            conn.session = self
+            conn.tr.write(post)
+
+        def answered(self) -> None:
+            self.tr.send(text, FLOOR_REPLY)
+            self.pending -= 1
+            if self.pending:
+                self.post(pool.pop() if pool else None)
+
+    for _ in range(FLOOR_POOL):
+        _, conn = await loop.create_connection(Http, "127.0.0.1", backend_port)
+        pool.append(conn)
+    server = await ws_create_server(lambda request: Floor(), "127.0.0.1", port, use_aiofastnet=aiofastnet)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.close()
 
 
 # --- client processes -----------------------------------------------------------------
@@ -200,6 +307,7 @@ def start_clients(role, url, total, procs, window):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=client_main, args=(role, url, first, count, window, child), daemon=True)
         proc.start()
+        pin(proc.pid, "client")
         out.append((proc, parent))
     for _, pipe in out:
         if not pipe.poll(TIMEOUT) or pipe.recv() != "ready":
@@ -230,7 +338,17 @@ def cpu_split(proc) -> tuple[float, float]:
     return t.user, t.system
 
 
-def metric(port: int, name: str, labels: str) -> float:
+PIN: dict = {}          # --pin: "server" and "client" CPU sets
+
+
+def pin(pid: int, role: str) -> None:
+    if PIN:
+        os.sched_setaffinity(pid, PIN[role])
+
+
+def metric(port: int | None, name: str, labels: str) -> float:
+    if port is None:            # the floor has no /metrics
+        return float("nan")
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for line in text.splitlines():
         if line.startswith(name + "{") and labels in line:
@@ -238,8 +356,9 @@ def metric(port: int, name: str, labels: str) -> float:
     return 0.0
 
 
-def webhook_phase(args, gw_port, gw_proc, be_proc, role="webhook") -> dict:
+def webhook_phase(args, gw_port, gw_proc, be_proc, role="webhook", metrics=True, spy=None) -> dict:
     url = f"ws://127.0.0.1:{gw_port}/v1/ws?tenant=bench"
+    mport = gw_port if metrics else None
     clients = start_clients(role, url, args.conns, args.procs, args.window)
     now = time.monotonic_ns()
     m0 = now + 1_000_000_000
@@ -248,13 +367,21 @@ def webhook_phase(args, gw_port, gw_proc, be_proc, role="webhook") -> dict:
         pipe.send((m0, m1))
     time.sleep(max(0.0, (m0 - time.monotonic_ns()) / 1e9))
     g0, b0, gs0 = cpu_seconds(gw_proc), cpu_seconds(be_proc), cpu_split(gw_proc)[1]
-    d_sum0 = metric(gw_port, "wsprism_webhook_duration_seconds_sum", 'service="bk"')
-    d_cnt0 = metric(gw_port, "wsprism_webhook_duration_seconds_count", 'service="bk"')
+    d_sum0 = metric(mport, "wsprism_webhook_duration_seconds_sum", 'service="bk"')
+    d_cnt0 = metric(mport, "wsprism_webhook_duration_seconds_count", 'service="bk"')
+    spying = None
+    if spy:
+        spying = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--native", "-r", "1000",
+                                   "-p", str(gw_proc.pid), "-d", str(max(1, int(args.seconds))), "-o", spy,
+                                   "-f", "raw" if spy.endswith(".txt") else "flamegraph"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(max(0.0, (m1 - time.monotonic_ns()) / 1e9))
     g1, b1, gs1 = cpu_seconds(gw_proc), cpu_seconds(be_proc), cpu_split(gw_proc)[1]
-    d_sum1 = metric(gw_port, "wsprism_webhook_duration_seconds_sum", 'service="bk"')
-    d_cnt1 = metric(gw_port, "wsprism_webhook_duration_seconds_count", 'service="bk"')
+    d_sum1 = metric(mport, "wsprism_webhook_duration_seconds_sum", 'service="bk"')
+    d_cnt1 = metric(mport, "wsprism_webhook_duration_seconds_count", 'service="bk"')
     results = collect(clients)
+    if spying is not None:
+        spying.wait(60)
     lat = [x for r in results for x in r["lat"]]
     n = len(lat)
     secs = (m1 - m0) / 1e9
@@ -359,13 +486,26 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1,
                    help="batch_max_messages of the service (1 = one message per POST, the default)")
     p.add_argument("--phases", default="ping,webhook,publish",
-                   help="which measurements to run (comma list of ping, webhook, publish)")
+                   help="which measurements to run (comma list of ping, webhook, publish, floor)")
+    p.add_argument("--pin", metavar="SERVER:CLIENT",
+                   help="CPU lists: the gateway/floor server on SERVER, clients and backend on CLIENT (e.g. 0:1)")
+    p.add_argument("--spy", metavar="FILE", help="py-spy record the gateway (or floor) over the measured window "
+                   "of the webhook (or floor) phase; FILE.txt gives raw collapsed stacks, else an SVG")
     p.add_argument("--json", metavar="FILE", help="append the results as one JSON line to FILE")
     p.add_argument("--serve-backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--floor-aiofastnet", action="store_true",
+                   help="the floor on picows' aiofastnet transport (default: uvloop's, as the gateway)")
+    p.add_argument("--serve-floor", type=int, nargs=2, metavar=("PORT", "BACKEND"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve_backend:
         serve_backend(args.serve_backend)
         return 0
+    if args.serve_floor:
+        serve_floor(*args.serve_floor, args.floor_aiofastnet)
+        return 0
+    if args.pin:
+        server, client = args.pin.split(":")
+        PIN.update(server={int(c) for c in server.split(",")}, client={int(c) for c in client.split(",")})
     import psutil
 
     gw_port, api_port, be_port = free_port(), free_port(), free_port()
@@ -377,21 +517,37 @@ def main(argv=None) -> int:
         log = open(Path(tmp) / "gateway.log", "w")
         env = dict(os.environ, WSPRISM_BENCH_API_KEY=API_KEY, PYTHONPATH=str(ROOT))
         try:
+            phases = set(args.phases.split(","))
             backend = subprocess.Popen([sys.executable, __file__, "--serve-backend", str(be_port)], env=env)
             procs.append(backend)
-            prof = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-            gateway = subprocess.Popen([sys.executable, *prof, "-m", "wsprism", "start", "--config", str(cfg),
-                                        "--log-level", "WARNING"], env=env, cwd=ROOT, stdout=log, stderr=log)
-            procs.append(gateway)
+            pin(backend.pid, "client")
             deadline = time.monotonic() + TIMEOUT
-            wait_http(f"http://127.0.0.1:{gw_port}/healthz", deadline)
             wait_tcp(be_port, deadline)
-            wait_tcp(api_port, deadline)
-            phases = set(args.phases.split(","))
-            gw, be = psutil.Process(gateway.pid), psutil.Process(backend.pid)
-            base = webhook_phase(args, gw_port, gw, be, "ping") if "ping" in phases else None
-            a = webhook_phase(args, gw_port, gw, be) if "webhook" in phases else None
-            b = publish_phase(args, gw_port, api_port, gw) if "publish" in phases else None
+            be = psutil.Process(backend.pid)
+            base = a = b = floor = None
+            if phases & {"ping", "webhook", "publish"}:
+                prof = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+                gateway = subprocess.Popen([sys.executable, *prof, "-m", "wsprism", "start", "--config", str(cfg),
+                                            "--log-level", "WARNING"], env=env, cwd=ROOT, stdout=log, stderr=log)
+                procs.append(gateway)
+                pin(gateway.pid, "server")
+                print(f"gateway pid {gateway.pid}", file=sys.stderr, flush=True)
+                wait_http(f"http://127.0.0.1:{gw_port}/healthz", deadline)
+                wait_tcp(api_port, deadline)
+                gw = psutil.Process(gateway.pid)
+                base = webhook_phase(args, gw_port, gw, be, "ping") if "ping" in phases else None
+                a = webhook_phase(args, gw_port, gw, be, spy=args.spy) if "webhook" in phases else None
+                b = publish_phase(args, gw_port, api_port, gw) if "publish" in phases else None
+            if "floor" in phases:
+                fl_port = free_port()
+                server = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(fl_port), str(be_port),
+                                           *(["--floor-aiofastnet"] if args.floor_aiofastnet else [])], env=env)
+                procs.append(server)
+                pin(server.pid, "server")
+                print(f"floor pid {server.pid}", file=sys.stderr, flush=True)
+                wait_tcp(fl_port, time.monotonic() + TIMEOUT)
+                floor = webhook_phase(args, fl_port, psutil.Process(server.pid), be, metrics=False,
+                                      spy=args.spy if "webhook" not in phases else None)
         finally:
             for proc in procs:
                 if proc.poll() is None:
@@ -405,9 +561,11 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "a", encoding="utf-8") as f:
             f.write(json.dumps({"kind": "backend", "batch": args.batch, "conns": args.conns, "window": args.window,
-                                "seconds": args.seconds, "load": os.getloadavg()[0],
-                                "ping": base, "webhook": a, "publish": b}) + "\n")
-    print(f"cores: {os.cpu_count()}  python: {sys.version.split()[0]}")
+                                "seconds": args.seconds, "load": os.getloadavg()[0], "pin": args.pin,
+                                "ping": base, "webhook": a, "publish": b, "floor": floor,
+                                "floor_transport": "aiofastnet" if args.floor_aiofastnet else "uvloop"}) + "\n")
+    print(f"cores: {os.cpu_count()}  python: {sys.version.split()[0]}  load: {os.getloadavg()[0]:.2f}"
+          f"  pin: {args.pin or 'no'}")
     if base:
         print(f"baseline sys:ping (no backend)  conns={args.conns} window={args.window} seconds={args.seconds}")
         for k in ("messages_per_s", "rtt_p50_ms", "rtt_p99_ms", "gateway_cpu_us_per_msg", "gateway_cpu_share"):
@@ -416,6 +574,11 @@ def main(argv=None) -> int:
         print(f"webhook  conns={args.conns} window={args.window} seconds={args.seconds} batch={args.batch}")
         for k, v in a.items():
             print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
+    if floor:
+        print(f"floor (bare picows forwarder)  conns={args.conns} window={args.window} seconds={args.seconds}")
+        for k, v in floor.items():
+            if k != "backend_rtt_mean_ms":
+                print(f"  {k:28} {v:,.3f}" if isinstance(v, float) else f"  {k:28} {v}")
     if b:
         print(f"publish  room={args.room} publishes={args.publishes} (one every {args.interval_ms:g} ms)")
         for k, v in b.items():

@@ -97,7 +97,8 @@ def run_backend(out: Path, quick: bool) -> None:
     seconds = ["--seconds", "1", "--conns", "20"] if quick else ["--seconds", "4"]
     for _ in range(1 if quick else 3):
         for batch in (1, 8):
-            proc = subprocess.run([sys.executable, str(BACKEND_BENCH), "--phases", "ping,webhook", "--batch",
+            phases = "ping,webhook,floor" if batch == 1 else "ping,webhook"   # the floor is unbatched
+            proc = subprocess.run([sys.executable, str(BACKEND_BENCH), "--phases", phases, "--batch",
                                    str(batch), *seconds, "--json", str(out)],
                                   capture_output=True, text=True, timeout=300)
             if proc.returncode != 0:
@@ -132,6 +133,7 @@ def backend_summary(runs: list[dict]) -> dict:
     for batch in sorted({r["batch"] for r in runs if r.get("kind") == "backend"}):
         rs = [r["webhook"] for r in runs if r.get("kind") == "backend" and r["batch"] == batch and r.get("webhook")]
         pings = [r["ping"] for r in runs if r.get("kind") == "backend" and r["batch"] == batch and r.get("ping")]
+        floors = [r["floor"] for r in runs if r.get("kind") == "backend" and r["batch"] == batch and r.get("floor")]
         vals = {
             "msgs/s": [w["messages_per_s"] for w in rs],
             "gw µs/msg": [w["gateway_cpu_us_per_msg"] for w in rs],
@@ -139,6 +141,7 @@ def backend_summary(runs: list[dict]) -> dict:
             "backend µs/msg": [w["backend_cpu_us_per_msg"] for w in rs],
             "rtt p50 ms": [w["rtt_p50_ms"] for w in rs],
             "sys:ping gw µs/msg": [p["gateway_cpu_us_per_msg"] for p in pings],
+            "floor µs/msg": [f["gateway_cpu_us_per_msg"] for f in floors],
             "load": [r["load"] for r in runs if r.get("kind") == "backend" and r["batch"] == batch],
         }
         out[batch] = {k: (statistics.median(v), min(v), max(v)) if v else None for k, v in vals.items()}
@@ -305,7 +308,8 @@ def render(machine: dict, runs: list[dict]) -> str:
 
 
 def render_backend(backend: dict) -> str:
-    cols = ["msgs/s", "gw µs/msg", "msgs per gw core-s", "backend µs/msg", "rtt p50 ms", "sys:ping gw µs/msg", "load"]
+    cols = ["msgs/s", "gw µs/msg", "msgs per gw core-s", "backend µs/msg", "rtt p50 ms", "sys:ping gw µs/msg",
+            "floor µs/msg", "load"]
     out = ["### backend path: service webhook, 50 sessions x 8 in flight (`benches/backend_bench.py`)", "",
            "| POST carries | runs | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
 
@@ -322,7 +326,9 @@ def render_backend(backend: dict) -> str:
     out.append("")
     out.append(f"Before issue 14 (aiohttp's client, one message per POST): {WEBHOOK_BEFORE['cpu_us_per_msg']:.0f} µs "
                f"of gateway CPU per message, {WEBHOOK_BEFORE['msgs_per_core_s']:,.0f} messages per gateway core-second. "
-               "`sys:ping gw µs/msg` is the same closed loop answered by the gateway itself; `load` is the machine's "
+               "`sys:ping gw µs/msg` is the same closed loop answered by the gateway itself; `floor µs/msg` the CPU per "
+               "message of a bare picows forwarder in the same loop (`--phases floor`: no gateway logic, what any "
+               "Python forwarder on picows + uvloop pays unbatched); `load` is the machine's "
                "1-minute load average at the end of each run.")
     out.append("")
     return "\n".join(out)

@@ -2,14 +2,18 @@
 keep-alive reuse, https backends (verified), compressed, chunked and close-delimited
 answers, and answers that are not HTTP. SPEC 10's outcomes (timeouts, order, caps,
 bombs) are in test_backend_webhook.py; these are the transport details under them."""
+import asyncio
+import json
 import os
 import ssl
+import time
 
 import pytest
 
 from tests.client import PING, PONG, connect_authed, error_of, recv_json, request, run, send_json
 from tests.integration.backend_app import BackendServer, RawServer
 from tests.integration.test_backend_tls import make_cert
+from wsprism.backend.http import TIMEOUT, UNREACHABLE, BackendFailure, HttpClient
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{"reply":"ok"}'
 
@@ -21,6 +25,9 @@ RAW = {
     "not_http": [b"SSH-2.0-OpenSSH_9.6\r\n"],
     "bad_length": [b"HTTP/1.1 200 OK\r\nContent-Length: 12x\r\n\r\n{}"],
     "stale": [OK, None, OK],        # answers once, then closes the kept-alive connection at the next
+    # two answers to one request, in one write, then (on a new connection) one
+    "double": [OK + b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n'
+               b'{"reply":"two"}', OK],
 }
 
 YAML = """
@@ -31,7 +38,7 @@ tenants:
   - id: acme
     policy:
       ext_allowlist: ["sys:*", "ka:*", "tls:*", "untrusted:*", "eof:*", "chunked:*", "not_http:*",
-                      "bad_length:*", "stale:*"]
+                      "bad_length:*", "stale:*", "double:*"]
       rate_limit_rps: 10000
       rate_limit_burst: 10000
     services:
@@ -162,3 +169,70 @@ def test_a_kept_alive_connection_closed_by_the_backend_is_not_retried(g, servers
     assert servers["stale"].connections == 2
     assert servers["stale"].answers == []
     assert outcomes(g, "stale")["unreachable"] == 1
+
+
+def test_a_second_answer_to_one_request_is_never_taken_for_the_next(g, servers):
+    """The first answer stands; the connection that carried the extra one is closed, so the
+    next message (posted from the first one's answer callback) gets its own answer on a
+    new connection."""
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        await send_json(ws, msg("double", 1))
+        await send_json(ws, msg("double", 2))
+        first, second = await recv_json(ws), await recv_json(ws)
+        assert (first["seq"], first["data"]) == (1, "ok")
+        assert (second["seq"], second["data"]) == (2, "ok")
+        await ws.close()
+    run(main())
+    assert servers["double"].connections == 2
+    assert outcomes(g, "double")["ok"] == 2
+
+
+def test_post_calls_back_once_never_from_inside_and_close_fails_what_is_at_a_backend(servers):
+    """HttpClient.post (the forwarder's call): the callback comes later, once; a request at
+    the backend when the client closes is failed then (not left waiting for its timeout)."""
+    url = servers["ka"].url("/svc")
+
+    def body(do):
+        return json.dumps({"tenant": "t", "user": "u", "sid": "s", "trace_id": "x-1",
+                           "msg": {"v": 1, "svc": "ka", "type": "t", "data": {"do": do}}}).encode()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client = HttpClient()
+        got: list = []
+
+        def done(result):
+            got.append(result)
+        client.post(url, body({"answer": {"reply": 1}}), loop.time() + 2, 1 << 20, done)
+        assert got == []                                  # opening a connection: later
+        for _ in range(200):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert len(got) == 1 and got[0][0] == 200 and json.loads(got[0][1]) == {"reply": 1}
+        got.clear()
+        client.post(url, body({"answer": {"reply": 2}}), loop.time() + 2, 1 << 20, done)
+        assert got == []                                  # on the kept-alive connection: written now, answered later
+        while not got:
+            await asyncio.sleep(0.01)
+        assert json.loads(got[0][1]) == {"reply": 2}
+        got.clear()
+        client.post(url, body({"sleep": 5}), loop.time() + 0.3, 1 << 20, done)
+        await asyncio.sleep(0.5)
+        assert len(got) == 1 and isinstance(got[0], BackendFailure) and got[0].outcome == TIMEOUT
+        got.clear()
+        client.post(url, body({"sleep": 5}), loop.time() + 10, 1 << 20, done)
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        await client.close()
+        assert len(got) == 1 and isinstance(got[0], BackendFailure) and got[0].outcome == UNREACHABLE
+        assert time.monotonic() - t0 < 1.0
+        got.clear()
+        client.post(url, body({"answer": {"reply": 3}}), loop.time() + 2, 1 << 20, done)
+        assert got == []                                  # closed: refused, but still from a callback
+        await asyncio.sleep(0.05)
+        assert len(got) == 1 and got[0].outcome == UNREACHABLE
+        await asyncio.sleep(0.1)
+        assert len(got) == 1                              # once
+    run(main())

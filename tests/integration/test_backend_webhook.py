@@ -226,6 +226,40 @@ def test_queued_messages_share_the_timeout_from_their_arrival(g):
     run(main())
 
 
+def test_a_kept_alive_connections_timer_never_delays_a_shorter_deadline(g):
+    """A connection keeps one deadline timer across requests (backend/http.py): after an
+    answer to `quiet` (2 s) on a connection, a `bk` message (400 ms) to the same backend
+    on that connection still times out at its own 400 ms."""
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        reply = await request(ws, {"v": 1, "svc": "quiet", "type": "x", "seq": 1, "data": {"do": {"answer": {"reply": 1}}}})
+        assert reply["data"] == 1
+        t0 = time.monotonic()
+        msg = await request(ws, bk({"sleep": 5}, seq=2))
+        elapsed = time.monotonic() - t0
+        assert error_of(msg) == "TIMEOUT" and msg["seq"] == 2
+        assert 0.35 < elapsed < 1.0, elapsed
+        await ws.close()
+    run(main())
+
+
+def test_a_kept_alive_connections_timer_never_cuts_a_later_deadline_short(g):
+    """The timer still armed for an answered request's deadline is moved on when it fires
+    during a later request: that one gets its whole timeout."""
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        assert (await request(ws, bk({"answer": {"reply": 1}}, seq=1)))["data"] == 1
+        await asyncio.sleep(0.25)                 # the first request's deadline is 150 ms ahead
+        t0 = time.monotonic()
+        msg = await request(ws, bk({"sleep": 5}, seq=2))
+        elapsed = time.monotonic() - t0
+        assert error_of(msg) == "TIMEOUT" and msg["seq"] == 2
+        assert 0.35 < elapsed < 1.0, elapsed
+        assert (await request(ws, bk({"answer": {"reply": 3}}, seq=3)))["data"] == 3
+        await ws.close()
+    run(main())
+
+
 @pytest.mark.parametrize("svc", ["dead", "closer"])
 def test_unreachable_or_closing_backend_is_internal(g, svc):
     async def main():

@@ -17,11 +17,20 @@ connection pool, a correct response parser and a byte counter, so this is a thin
 protocol on httptools (the llhttp parser that uvicorn uses): the parsing, chunked
 transfer coding and keep-alive rules are httptools', only the pooling is ours.
 
+Two ways to call: `post(url, body, deadline, max_body, done)` calls `done(result)` once,
+later (never from inside `post`), with `(status, body)` or a `BackendFailure`: no task,
+future or coroutine per request, which is what the service webhooks use on every
+forwarded message; `await post_json(...)` is the same as a coroutine (auth webhooks).
+Each connection has one deadline timer at a time, re-armed only when a request's deadline
+comes before the armed one (answered requests leave it armed; when it fires it checks the
+request then in flight), so a request costs no timer of its own.
+
 Tasks that wait on the backend are started with `spawn`, so `close` can cancel the ones
-still running at shutdown.
+still running at shutdown; `close` also fails the `post` requests still at a backend.
 """
 import asyncio
 import ssl as ssl_module
+from functools import partial
 import zlib
 from collections import deque
 from urllib.parse import quote, urlsplit
@@ -57,7 +66,7 @@ class BackendFailure(Exception):
 class _Target:
     """One backend origin: where to connect and the request head for each of its URLs."""
 
-    __slots__ = ("host", "port", "tls", "server_hostname", "idle", "open", "waiters")
+    __slots__ = ("host", "port", "tls", "server_hostname", "idle", "open", "waiters", "conns")
 
     def __init__(self, host: str, port: int, tls: bool) -> None:
         self.host = host
@@ -67,22 +76,28 @@ class _Target:
         self.idle: list[_Conn] = []           # LIFO: the most recently used first
         self.open = 0                         # connections open or being opened
         self.waiters: deque = deque()         # futures waiting for a connection slot
+        self.conns: set[_Conn] = set()        # every open connection (idle or busy)
 
 
 class _Conn(asyncio.Protocol):
     """One HTTP/1.1 connection to a backend: one request at a time."""
 
-    __slots__ = ("client", "target", "transport", "parser", "fut", "timer", "status", "body", "limit",
-                 "inflate", "length_known", "headers_done", "idle_since", "closed",
-                 "counted", "encoding")
+    __slots__ = ("client", "target", "loop", "transport", "parser", "done", "timer", "timer_at", "deadline",
+                 "status", "body", "limit", "inflate", "length_known", "headers_done", "idle_since", "closed",
+                 "counted", "encoding", "result", "keep")
 
-    def __init__(self, client: "HttpClient", target: _Target) -> None:
+    def __init__(self, client: "HttpClient", target: _Target, loop) -> None:
         self.client = client
         self.target = target
+        self.loop = loop
         self.transport = None
         self.parser = None
-        self.fut: asyncio.Future | None = None
-        self.timer = None
+        self.done = None               # the request's callback, while one is at the backend
+        self.timer = None              # armed for timer_at; the request's own deadline may be later
+        self.timer_at = 0.0
+        self.deadline = 0.0
+        self.result = None             # a complete answer, settled once feed_data is done
+        self.keep = False
         self.closed = False
         self.counted = True            # holds one of the pool's connection slots
         self.idle_since = 0.0
@@ -90,7 +105,7 @@ class _Conn(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.status = 0
-        self.body = bytearray()
+        self.body = b""                 # bytes for an answer in one piece, a bytearray from the second
         self.limit = 0
         self.inflate = None
         self.length_known = False
@@ -103,12 +118,18 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)   # parses each answer in turn
 
     def data_received(self, data: bytes) -> None:
-        if self.fut is None:           # nothing asked: a stray byte on an idle connection
+        if self.done is None:          # nothing asked: a stray byte on an idle connection
             self._abort()
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            result = self.result
+            if result is not None:           # an answer, then bytes that are not: the answer stands
+                self.result = None
+                self._abort()
+                self._settle(result)
+                return
             cause = exc.__context__          # what one of our callbacks raised
             if isinstance(cause, BackendFailure):
                 self._fail(cause.outcome, cause.detail)
@@ -116,12 +137,23 @@ class _Conn(asyncio.Protocol):
                 self._fail(UNREACHABLE, "backend answered with a protocol upgrade")
             else:
                 self._fail(UNREACHABLE, f"invalid HTTP answer: {exc}")
+            return
+        result = self.result
+        if result is not None:
+            # settled after the parser is done with this chunk, so that the callback's next
+            # request on this connection never takes bytes that followed this answer
+            self.result = None
+            if self.keep and not self.closed:
+                self.client._release(self)
+            else:
+                self._abort()
+            self._settle(result)
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.client._forget(self)
-        fut = self.fut
-        if fut is None or fut.done():
+        self._stop_timer()
+        if self.done is None:
             return
         if self.headers_done and not self.length_known:
             # no Content-Length, not chunked: the body ends with the connection
@@ -130,7 +162,8 @@ class _Conn(asyncio.Protocol):
             except BackendFailure as failure:
                 self._settle(failure)
                 return
-            self._settle((self.status, bytes(self.body)))
+            body = self.body
+            self._settle((self.status, body if type(body) is bytes else bytes(body)))
             return
         if exc is None:
             self._settle(BackendFailure(UNREACHABLE, "backend closed the connection without answering"))
@@ -160,6 +193,8 @@ class _Conn(asyncio.Protocol):
             self.length_known = True
 
     def on_headers_complete(self) -> None:
+        if self.result is not None:           # a second answer in the chunk of the first
+            raise BackendFailure(UNREACHABLE, "backend sent a second answer to one request")
         self.headers_done = True
         self.status = self.parser.get_status_code()
         enc = self.encoding
@@ -174,8 +209,15 @@ class _Conn(asyncio.Protocol):
         inflate = self.inflate
         body = self.body
         if inflate is None:
-            body += data
+            if not body:
+                body = self.body = data
+            else:
+                if type(body) is bytes:
+                    body = self.body = bytearray(body)
+                body += data
         else:
+            if type(body) is bytes:
+                body = self.body = bytearray(body)
             try:
                 body += inflate.decompress(data, self.limit + 1 - len(body))
             except zlib.error as exc:
@@ -185,63 +227,75 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._finish_body()
-        fut = self.fut
-        result = (self.status, bytes(self.body))
-        keep = self.parser.should_keep_alive()
-        self._settle(result)
-        if fut is not None and keep and not self.closed:
-            self.client._release(self)
-        else:
+        if self.done is None:                # nothing asked (a stray answer on an idle connection)
             self._abort()
+            return
+        body = self.body
+        self.result = (self.status, body if type(body) is bytes else bytes(body))
+        self.keep = self.parser.should_keep_alive()
 
     def _finish_body(self) -> None:
         inflate = self.inflate
         if inflate is not None:
             room = self.limit + 1 - len(self.body)
             if room > 0:
+                if type(self.body) is bytes:
+                    self.body = bytearray(self.body)
                 self.body += inflate.flush(room)
             if len(self.body) > self.limit or inflate.unconsumed_tail:
                 raise BackendFailure(TOO_LARGE, f"answer longer than {self.limit} bytes")
 
     # -- requests ------------------------------------------------------------------------
-    def request(self, data: bytes, limit: int, deadline: float, loop) -> asyncio.Future:
+    def request(self, data: bytes, limit: int, deadline: float, done) -> None:
+        """Send one request; `done(result)` gets its answer or failure, once, later."""
         self._reset()
         self.limit = limit
-        fut = self.fut = loop.create_future()
-        self.timer = loop.call_at(deadline, self._on_timeout)
+        self.done = done
+        self.deadline = deadline
+        timer = self.timer
+        if timer is None or deadline < self.timer_at:
+            if timer is not None:
+                timer.cancel()
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self._on_timer)
         self.transport.write(data)
-        return fut
 
-    def _on_timeout(self) -> None:
+    def _on_timer(self) -> None:
         self.timer = None
+        if self.done is None:
+            return                            # armed for an answered request: nothing to time
+        if self.deadline > self.timer_at:     # armed for an earlier request: this one has longer
+            self.timer_at = self.deadline
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
         self._fail(TIMEOUT, "no answer in time")
 
-    def _fail(self, outcome: str, detail: str) -> None:
-        self._settle(BackendFailure(outcome, detail))
-        self._abort()
-
-    def _settle(self, result) -> None:
-        fut, self.fut = self.fut, None
+    def _stop_timer(self) -> None:
         timer, self.timer = self.timer, None
         if timer is not None:
             timer.cancel()
-        if fut is not None and not fut.done():
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
+
+    def _fail(self, outcome: str, detail: str) -> None:
+        self._abort()
+        self._settle(BackendFailure(outcome, detail))
+
+    def _settle(self, result) -> None:
+        done, self.done = self.done, None
+        if done is not None:
+            done(result)
 
     def _abort(self) -> None:
         """Close for good (an answer cut short cannot be resynchronised)."""
         if not self.closed:
             self.closed = True
             self.client._forget(self)
+            self._stop_timer()
             if self.transport is not None:
                 self.transport.abort()
 
 
 class HttpClient:
-    __slots__ = ("_tasks", "closed", "_targets", "_urls", "_open_total", "_ssl", "_sweeper")
+    __slots__ = ("_tasks", "closed", "_targets", "_urls", "_open_total", "_ssl", "_sweeper", "_loop")
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task] = set()
@@ -251,6 +305,7 @@ class HttpClient:
         self._open_total = 0
         self._ssl = None
         self._sweeper = None
+        self._loop = None
 
     def spawn(self, coro) -> asyncio.Task:
         """Run `coro` as a task held here until it ends (cancelled by `close`)."""
@@ -259,27 +314,76 @@ class HttpClient:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # -- the one call ------------------------------------------------------------------
+    # -- the one call, two ways ---------------------------------------------------------
+    # No retry on another connection, not even when a kept-alive one turns out to be
+    # closed: the backend may have acted on the request, and a webhook message reaches it
+    # at most once (idle connections the backend closed are dropped from the pool as soon
+    # as the close arrives).
+    def post(self, url: str, body: bytes, deadline: float, max_body: int, done) -> None:
+        """POST `body` (JSON) to `url`; `done((status, answer body))` before loop time
+        `deadline`, else `done(BackendFailure)`. `done` is called once, never from here:
+        with an idle kept-alive connection the request is written now and the callback
+        comes from its answer or its timer, with no task or future."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        try:
+            target, data = self._prepare(url, body)
+        except BackendFailure as failure:
+            loop.call_soon(done, failure)
+            return
+        conn = self._take_idle(target)
+        if conn is not None:
+            conn.request(data, max_body, deadline, done)
+        else:
+            self.spawn(self._post_later(target, data, deadline, max_body, done, loop))
+
+    async def _post_later(self, target: _Target, data: bytes, deadline: float, max_body: int, done, loop) -> None:
+        """`post` when no idle connection is there: wait for one (or open one) first."""
+        try:
+            conn = await self._acquire(target, deadline, loop)
+        except BackendFailure as failure:
+            done(failure)
+            return
+        except asyncio.CancelledError:
+            done(BackendFailure(UNREACHABLE, "gateway is shutting down"))
+            raise
+        conn.request(data, max_body, deadline, done)
+
     async def post_json(self, url: str, body: bytes, deadline: float, max_body: int) -> tuple[int, bytes]:
         """POST `body` (JSON) to `url`; (status, answer body) before loop time `deadline`."""
+        target, data = self._prepare(url, body)
+        loop = asyncio.get_running_loop()
+        conn = self._take_idle(target) or await self._acquire(target, deadline, loop)
+        fut = loop.create_future()
+        done = partial(_resolve, fut)
+        conn.request(data, max_body, deadline, done)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if conn.done is done:             # still ours: its answer would come to nobody
+                conn.done = None
+                conn._abort()
+            raise
+
+    def _prepare(self, url: str, body: bytes) -> tuple[_Target, bytes]:
         if self.closed:
             raise BackendFailure(UNREACHABLE, "gateway is shutting down")
         entry = self._urls.get(url)
         if entry is None:
             entry = self._parse(url)
         target, head = entry
-        data = b"%b%d\r\n\r\n%b" % (head, len(body), body)
-        loop = asyncio.get_running_loop()
-        conn = await self._acquire(target, deadline, loop)
-        # No retry on another connection, not even when a kept-alive one turns out to be
-        # closed: the backend may have acted on the request, and a webhook message reaches
-        # it at most once (idle connections the backend closed are dropped from the pool
-        # as soon as the close arrives).
-        try:
-            return await conn.request(data, max_body, deadline, loop)
-        except asyncio.CancelledError:
-            conn._abort()                     # its answer would come to nobody
-            raise
+        return target, b"%b%d\r\n\r\n%b" % (head, len(body), body)
+
+    @staticmethod
+    def _take_idle(target: _Target) -> "_Conn | None":
+        idle = target.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and not conn.transport.is_closing():
+                return conn
+            conn._abort()
+        return None
 
     def _parse(self, url: str) -> tuple[_Target, bytes]:
         try:
@@ -311,12 +415,9 @@ class HttpClient:
 
     # -- the pool ----------------------------------------------------------------------
     async def _acquire(self, target: _Target, deadline: float, loop) -> _Conn:
-        idle = target.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and not conn.transport.is_closing():
-                return conn
-            conn._abort()
+        conn = self._take_idle(target)
+        if conn is not None:
+            return conn
         while target.open >= CONNECTIONS_PER_HOST or self._open_total >= CONNECTIONS_TOTAL:
             if self._open_total >= CONNECTIONS_TOTAL and self._close_idle_elsewhere(target):
                 continue
@@ -341,7 +442,7 @@ class HttpClient:
     async def _connect(self, target: _Target, deadline: float, loop) -> _Conn:
         target.open += 1
         self._open_total += 1
-        conn = _Conn(self, target)
+        conn = _Conn(self, target, loop)
         try:
             async with asyncio.timeout_at(deadline):
                 await loop.create_connection(
@@ -361,6 +462,7 @@ class HttpClient:
         if self.closed:
             conn._abort()
             raise BackendFailure(UNREACHABLE, "gateway is shutting down")
+        target.conns.add(conn)
         return conn
 
     def _close_idle_elsewhere(self, target: _Target) -> bool:
@@ -390,16 +492,17 @@ class HttpClient:
         if self.closed:
             conn._abort()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         target.idle.append(conn)
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(KEEPALIVE_S / 2, self._sweep)
+            self._sweeper = conn.loop.call_later(KEEPALIVE_S / 2, self._sweep)
 
     def _forget(self, conn: _Conn) -> None:
         """A connection is gone (or never opened): free its slot, wake a waiter to open one."""
         target = conn.target
         if conn in target.idle:
             target.idle.remove(conn)
+        target.conns.discard(conn)
         if conn.counted:
             conn.counted = False
             target.open -= 1
@@ -435,8 +538,20 @@ class HttpClient:
             self._sweeper.cancel()
             self._sweeper = None
         for target in self._targets.values():
+            for conn in list(target.conns):
+                if conn.done is not None:
+                    conn._fail(UNREACHABLE, "gateway is shutting down")
             for conn in list(target.idle):
                 conn._abort()
             for fut in target.waiters:
                 if not fut.done():
                     fut.cancel()
+
+
+def _resolve(fut: asyncio.Future, result) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)

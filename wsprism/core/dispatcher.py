@@ -36,7 +36,9 @@ from .session import OPEN, about
 log = logging.getLogger("wsprism.dispatch")
 
 _UNSET = msgspec.UNSET
-_ACK = ExtFlag.EXT_ACK_REQUESTED
+_ACK = int(ExtFlag.EXT_ACK_REQUESTED)
+_ALLOW_OK = int(Counter.C_EXT_ALLOW_OK)          # plain ints: an enum member lookup is ~150 ns a message
+_DENY_UNKNOWN = int(Counter.C_EXT_DENY_UNKNOWN_SERVICE)
 
 
 class ServiceError(Exception):
@@ -108,10 +110,10 @@ class Dispatcher:
             return
         handler = self.table.find(env.svc, env.type)
         if handler is None:
-            self.lane.bump(Counter.C_EXT_DENY_UNKNOWN_SERVICE)
+            self.lane.bump(_DENY_UNKNOWN)
             session.send_error(codes.NOT_ALLOWED, "unknown service", env.seq)
             return
-        self.lane.bump(Counter.C_EXT_ALLOW_OK)
+        self.lane.bump(_ALLOW_OK)
         stats = self.stats
         t0 = perf_counter()
         try:

@@ -8,7 +8,8 @@ answers (2xx) `{"reply"?, "publish"?: [{"room","svc","type","data"?}], "error"?:
 Order: per session, messages to one service reach the backend one at a time, in the
 order they arrived, and their answers come back in that order. Each session has a queue
 per service (the message being answered included) of at most `max_inflight_per_session`;
-beyond that, RESOURCE_EXHAUSTED. A task drains the queue while it is non-empty.
+beyond that, RESOURCE_EXHAUSTED. No task per session: the front of the queue is posted with
+`HttpClient.post`, and its answer's callback settles it and posts the next.
 
 Time: a message is answered within `timeout_ms` of its arrival, time spent queued
 included (then TIMEOUT), so a dead or hanging backend costs each message at most its
@@ -22,14 +23,14 @@ entry per message fails every message of the batch (INTERNAL, nothing published)
 """
 import asyncio
 import logging
-import time
 from collections import deque
+from functools import partial
+from time import perf_counter
 from typing import Annotated
 
 import msgspec
 
 from .. import names
-from ..backend.http import BackendFailure
 from ..backend.metrics import WEBHOOK_BUCKETS, WEBHOOK_OUTCOMES
 from ..core import codes
 from ..core.dispatcher import DEFERRED, ServiceError
@@ -99,10 +100,11 @@ _batch_decoder = msgspec.json.Decoder(BatchAnswer)
 
 class Forwarder(SessionQueues):
     """One forwarded service of one tenant; kept across reloads while its name stays.
-    Queue entries are `(env, deadline)`."""
+    Queue entries are `(env, deadline)`. No task per session: the front of a session's
+    queue is posted with `HttpClient.post`, whose callback settles it and posts the next."""
 
     __slots__ = ("tenant_id", "svc", "http", "url", "timeout", "max_inflight", "batch_max", "outcomes",
-                 "latency", "_reply_head", "_throttle")
+                 "latency", "_reply_head", "_throttle", "_loop")
 
     def __init__(self, tenant_id: str, svc: str, cfg, http) -> None:
         super().__init__(http.spawn)
@@ -113,6 +115,7 @@ class Forwarder(SessionQueues):
         self.outcomes = dict.fromkeys(WEBHOOK_OUTCOMES, 0)
         self.latency = Histogram(WEBHOOK_BUCKETS)
         self._throttle = Throttle()
+        self._loop = None              # the running loop, looked up once (each lookup is a getpid())
         self.configure(cfg)
 
     def __repr__(self) -> str:
@@ -126,59 +129,66 @@ class Forwarder(SessionQueues):
 
     # -- the handler table's entry ---------------------------------------------------------
     def handle(self, session, env):
-        if self.pending(session) >= self.max_inflight:
+        queue = self.queues.get(session)
+        if queue is not None and len(queue) >= self.max_inflight:
             self.outcomes["rejected"] += 1
             raise ServiceError(codes.RESOURCE_EXHAUSTED,
                                f"more than {self.max_inflight} messages waiting for service {self.svc}")
-        self.push(session, (env, _now() + self.timeout))
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        entry = (env, loop.time() + self.timeout)
+        if queue is None:
+            queue = self.queues[session] = deque((entry,))
+            if self.batch_max > 1:
+                loop.call_soon(self._next, session, queue)   # what else arrives this turn joins the batch
+            else:
+                self._next(session, queue)                    # posted now, from the frame's own turn
+        else:
+            queue.append(entry)
         return DEFERRED
 
-    # -- the per-session task ----------------------------------------------------------
-    async def _drain(self, session, queue: deque) -> None:
-        """SessionQueues' drain, taking up to `batch_max` messages at a time."""
-        try:
-            while queue:
-                if session.state != OPEN:
-                    break                      # gone: what is still queued is dropped
-                if self.batch_max > 1:
-                    items = [queue[i] for i in range(min(len(queue), self.batch_max))]
-                    settled: list = []
-                    try:
-                        await self._call_batch(session, items, settled)
-                    except Exception:         # a bug must not stop the queue or leak out
-                        log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc,
-                                      extra=about(session, svc=self.svc, code=codes.INTERNAL))
-                        for env, _ in items[len(settled):]:
-                            session.send_error(codes.INTERNAL, "internal error", env.seq)
-                    for _ in items:
-                        queue.popleft()
-                    continue
-                env, deadline = queue[0]
-                try:
-                    await self._call(session, env, deadline)
-                except Exception:             # a bug must not stop the queue or leak out
-                    log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc,
-                                  extra=about(session, svc=self.svc, code=codes.INTERNAL))
-                    session.send_error(codes.INTERNAL, "internal error", env.seq)
-                queue.popleft()
-        finally:
-            if self.queues.get(session) is queue:
-                del self.queues[session]
+    # -- the per-session queue -------------------------------------------------------------
+    def _next(self, session, queue: deque) -> None:
+        """Post what is at the front of `queue` (none of it is at the backend); forget the
+        queue once it is empty or its session gone. Never raises."""
+        while queue:
+            if session.state != OPEN:
+                break                          # gone: what is still queued is dropped
+            if self.batch_max > 1:
+                if _Batch(self, session, queue, min(len(queue), self.batch_max)).start():
+                    return
+                continue
+            env, deadline = queue[0]
+            try:
+                trace_id = session.next_trace_id()
+                if self._loop.time() < deadline:
+                    body = _encode_request(WebhookRequest(self.tenant_id, session.user, session.sid, trace_id, env))
+                    self.http.post(self.url, body, deadline, MAX_ANSWER_BYTES,
+                                   partial(self._done, session, queue, env, trace_id, perf_counter()))
+                    return
+                self._fail(session, env, trace_id, "timeout", "timed out while queued behind earlier messages")
+            except Exception:                  # a bug must not stop the queue or leak out
+                self._crashed(session, [env])
+            queue.popleft()
+        if self.queues.get(session) is queue:
+            del self.queues[session]
 
-    async def _call(self, session, env, deadline: float) -> None:
-        trace_id = session.next_trace_id()
-        if _now() >= deadline:
-            self._fail(session, env, trace_id, "timeout", "timed out while queued behind earlier messages")
-            return
-        body = _encode_request(WebhookRequest(self.tenant_id, session.user, session.sid, trace_id, env))
-        t0 = time.perf_counter()
+    def _done(self, session, queue: deque, env, trace_id: str, t0: float, result) -> None:
+        """The backend's answer (or failure) for the message at the front of `queue`."""
+        self.latency.observe(perf_counter() - t0)
         try:
-            status, raw = await self.http.post_json(self.url, body, deadline, MAX_ANSWER_BYTES)
-        except BackendFailure as exc:
-            self._fail(session, env, trace_id, exc.outcome, exc.detail)
-            return
-        finally:
-            self.latency.observe(time.perf_counter() - t0)
+            if type(result) is tuple:
+                self._settle(session, env, trace_id, result)
+            else:
+                self._fail(session, env, trace_id, result.outcome, result.detail)
+        except Exception:                      # a bug must not stop the queue or leak out
+            self._crashed(session, [env])
+        queue.popleft()
+        self._next(session, queue)
+
+    def _settle(self, session, env, trace_id: str, result: tuple) -> None:
+        status, raw = result
         if not 200 <= status < 300:
             self._fail(session, env, trace_id, "bad_status", f"HTTP {status}")
             return
@@ -189,72 +199,11 @@ class Forwarder(SessionQueues):
             return
         self._answered(session, env, trace_id, answer)
 
-    async def _call_batch(self, session, items: list, settled: list) -> None:
-        """Several queued messages of one session in one POST. Each message's outcome is
-        appended to `settled` as it is decided, so the caller knows which are answered."""
-        now = _now()
-        live = []                                     # (env, deadline, trace_id) sent
-        for env, deadline in items:
-            trace_id = session.next_trace_id()
-            if now >= deadline:
-                self._fail(session, env, trace_id, "timeout", "timed out while queued behind earlier messages")
-                settled.append(env)
-            else:
-                live.append((env, deadline, trace_id))
-        if not live:
-            return
-        body = _encode_request(BatchRequest(self.tenant_id, session.user, session.sid,
-                                            [BatchItem(t, env) for env, _, t in live]))
-        loop = asyncio.get_running_loop()
-        last = len(live) - 1
-        timed_out = 0           # entries at the front whose deadline passed while at the backend
-
-        def expire() -> None:
-            # Each message keeps its own deadline: one whose time is up while the batch
-            # is at the backend is answered TIMEOUT then; the POST itself runs until the
-            # last message's deadline.
-            nonlocal timed_out, timer
-            env, _, trace_id = live[timed_out]
-            self._fail(session, env, trace_id, "timeout", f"no answer within {int(self.timeout * 1000)} ms")
-            settled.append(env)
-            timed_out += 1
-            timer = loop.call_at(live[timed_out][1], expire) if timed_out < last else None
-
-        timer = loop.call_at(live[0][1], expire) if last else None
-        t0 = time.perf_counter()
-        try:
-            status, raw = await self.http.post_json(self.url, body, live[-1][1], MAX_ANSWER_BYTES)
-        except BackendFailure as exc:
-            self._fail_all(session, live[timed_out:], settled, exc.outcome, exc.detail)
-            return
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self.latency.observe(time.perf_counter() - t0)
-        k = timed_out
-        waiting = live[k:]
-        if not waiting:
-            return
-        if not 200 <= status < 300:
-            self._fail_all(session, waiting, settled, "bad_status", f"HTTP {status}")
-            return
-        try:
-            answers = _batch_decoder.decode(raw).batch
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-            self._fail_all(session, waiting, settled, "bad_answer", f"invalid batch answer: {str(exc)[:200]}")
-            return
-        if len(answers) != len(live):
-            self._fail_all(session, waiting, settled, "bad_answer",
-                           f"batch answer has {len(answers)} entries for {len(live)} messages")
-            return
-        for (env, _, trace_id), answer in zip(waiting, answers[k:]):
-            self._answered(session, env, trace_id, answer)
-            settled.append(env)
-
-    def _fail_all(self, session, waiting: list, settled: list, outcome: str, detail: str) -> None:
-        for env, _, trace_id in waiting:
-            self._fail(session, env, trace_id, outcome, detail)
-            settled.append(env)
+    def _crashed(self, session, envs) -> None:
+        log.exception('tenant "%s" service "%s": forwarding failed', self.tenant_id, self.svc,
+                      extra=about(session, svc=self.svc, code=codes.INTERNAL))
+        for env in envs:
+            session.send_error(codes.INTERNAL, "internal error", env.seq)
 
     def _answered(self, session, env, trace_id: str, answer: Answer) -> None:
         """A valid answer for one message: its error, or its publish, reply and ack."""
@@ -295,13 +244,124 @@ class Forwarder(SessionQueues):
             session.send(encode_error(codes.INTERNAL, f"service {self.svc} failed", env.seq, trace_id))
 
     def _log(self, outcome: str, detail: str) -> None:
-        skipped = self._throttle.due(_now())
+        skipped = self._throttle.due((self._loop or asyncio.get_running_loop()).time())
         if skipped is None:
             return
         more = f" ({skipped} more failures since the last report)" if skipped else ""
         log.warning('tenant "%s" service "%s": %s: %s%s', self.tenant_id, self.svc, outcome, detail, more,
                     extra={"tenant": self.tenant_id, "svc": self.svc,
                            "code": codes.TIMEOUT if outcome == "timeout" else codes.INTERNAL})
+
+
+class _Batch:
+    """Several queued messages of one session (the first `n` of its queue) in one POST.
+    `settled` counts the messages whose outcome is decided, from the front, so a bug
+    answers INTERNAL to the others only."""
+
+    __slots__ = ("fwd", "session", "queue", "n", "live", "settled", "timed_out", "timer", "t0")
+
+    def __init__(self, fwd: Forwarder, session, queue: deque, n: int) -> None:
+        self.fwd = fwd
+        self.session = session
+        self.queue = queue
+        self.n = n
+        self.live: list = []          # (env, deadline, trace_id) posted
+        self.settled = 0
+        self.timed_out = 0            # live entries at the front whose deadline passed at the backend
+        self.timer = None
+        self.t0 = 0.0
+
+    def start(self) -> bool:
+        """Post the batch; False when nothing was left to post (each message settled, popped)."""
+        fwd, session, live = self.fwd, self.session, self.live
+        try:
+            now = fwd._loop.time()
+            for i in range(self.n):
+                env, deadline = self.queue[i]
+                trace_id = session.next_trace_id()
+                if now >= deadline:
+                    fwd._fail(session, env, trace_id, "timeout", "timed out while queued behind earlier messages")
+                    self.settled += 1
+                else:
+                    live.append((env, deadline, trace_id))
+            if live:
+                body = _encode_request(BatchRequest(fwd.tenant_id, session.user, session.sid,
+                                                    [BatchItem(t, env) for env, _, t in live]))
+                # Each message keeps its own deadline: one whose time is up while the batch
+                # is at the backend is answered TIMEOUT then; the POST itself runs until the
+                # last message's deadline.
+                if len(live) > 1:
+                    self.timer = fwd._loop.call_at(live[0][1], self._expire)
+                self.t0 = perf_counter()
+                fwd.http.post(fwd.url, body, live[-1][1], MAX_ANSWER_BYTES, self._done)
+                return True
+        except Exception:                     # a bug must not stop the queue or leak out
+            self._crashed()
+        self._pop()
+        return False
+
+    def _expire(self) -> None:
+        fwd, live = self.fwd, self.live
+        k = self.timed_out
+        env, _, trace_id = live[k]
+        fwd._fail(self.session, env, trace_id, "timeout", f"no answer within {int(fwd.timeout * 1000)} ms")
+        self.settled += 1
+        self.timed_out = k = k + 1
+        self.timer = fwd._loop.call_at(live[k][1], self._expire) if k < len(live) - 1 else None
+
+    def _done(self, result) -> None:
+        fwd = self.fwd
+        fwd.latency.observe(perf_counter() - self.t0)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        try:
+            self._answered(result)
+        except Exception:                     # a bug must not stop the queue or leak out
+            self._crashed()
+        self._pop()
+        # the next batch a turn later (as the first): what this turn's reads bring joins it
+        fwd._loop.call_soon(fwd._next, self.session, self.queue)
+
+    def _answered(self, result) -> None:
+        fwd, session = self.fwd, self.session
+        k = self.timed_out
+        waiting = self.live[k:]
+        if type(result) is not tuple:
+            self._fail_all(waiting, result.outcome, result.detail)
+            return
+        if not waiting:
+            return
+        status, raw = result
+        if not 200 <= status < 300:
+            self._fail_all(waiting, "bad_status", f"HTTP {status}")
+            return
+        try:
+            answers = _batch_decoder.decode(raw).batch
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            self._fail_all(waiting, "bad_answer", f"invalid batch answer: {str(exc)[:200]}")
+            return
+        if len(answers) != len(self.live):
+            self._fail_all(waiting, "bad_answer",
+                           f"batch answer has {len(answers)} entries for {len(self.live)} messages")
+            return
+        for (env, _, trace_id), answer in zip(waiting, answers[k:]):
+            fwd._answered(session, env, trace_id, answer)
+            self.settled += 1
+
+    def _fail_all(self, waiting: list, outcome: str, detail: str) -> None:
+        for env, _, trace_id in waiting:
+            self.fwd._fail(self.session, env, trace_id, outcome, detail)
+            self.settled += 1
+
+    def _crashed(self) -> None:
+        queue = self.queue
+        self.fwd._crashed(self.session, [queue[i][0] for i in range(self.settled, self.n)])
+
+    def _pop(self) -> None:
+        queue = self.queue
+        for _ in range(self.n):
+            queue.popleft()
 
 
 def build_forwarders(tenant_id: str, services: dict, current: dict, http) -> dict:
@@ -319,6 +379,3 @@ def build_forwarders(tenant_id: str, services: dict, current: dict, http) -> dic
         out[svc] = fwd
     return out
 
-
-def _now() -> float:
-    return asyncio.get_running_loop().time()     # the clock asyncio.timeout_at uses

@@ -13,8 +13,11 @@
 import re
 from itertools import accumulate
 
-# a string, as the compiled scan reads one: to its closing quote, or to the end
-_STRING = re.compile(rb'"(?:[^"\\]|\\[\s\S])*(?:"|\\?\Z)')
+# a string, as the compiled scan reads one: to its closing quote, or to the end. Written
+# as an unrolled loop (runs of plain bytes, then an escape and its byte): the same matches
+# as `"(?:[^"\\]|\\[\s\S])*...`, whose alternation per byte took 3.6 s on a 10 MB string
+# (the pure-Python twin then missed the hostile tests' 5 s answer deadline); this takes 0.08 s
+_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*(?:"|\\?\Z)')
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 _STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 

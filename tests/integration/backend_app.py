@@ -243,7 +243,8 @@ class AppThread:
 class RawServer:
     """A TCP server on 127.0.0.1 that reads one HTTP request at a time (head and
     Content-Length body) and answers each with the next of `answers`, bytes written
-    as given (None: close without answering); after the last one it closes."""
+    as given (a tuple: each part in its own write, 50 ms apart; None: close without
+    answering); after the last one it closes."""
 
     def __init__(self, answers: list) -> None:
         self.answers = list(answers)
@@ -279,8 +280,11 @@ class RawServer:
                 answer = self.answers.pop(0)
                 if answer is None:
                     break
-                writer.write(answer)
-                await writer.drain()
+                for i, part in enumerate(answer if isinstance(answer, tuple) else (answer,)):
+                    if i:
+                        await asyncio.sleep(0.05)     # a tuple: its parts in separate TCP segments
+                    writer.write(part)
+                    await writer.drain()
         except Exception:
             pass
         writer.close()

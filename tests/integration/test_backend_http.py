@@ -28,6 +28,10 @@ RAW = {
     # two answers to one request, in one write, then (on a new connection) one
     "double": [OK + b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n'
                b'{"reply":"two"}', OK],
+    # an interim 103 Early Hints, then (a moment later, its own segment) the final answer
+    "interim": [(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+                 b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n'
+                 b'{"reply":"one"}'), OK],
 }
 
 YAML = """
@@ -38,7 +42,7 @@ tenants:
   - id: acme
     policy:
       ext_allowlist: ["sys:*", "ka:*", "tls:*", "untrusted:*", "eof:*", "chunked:*", "not_http:*",
-                      "bad_length:*", "stale:*", "double:*"]
+                      "bad_length:*", "stale:*", "double:*", "interim:*"]
       rate_limit_rps: 10000
       rate_limit_burst: 10000
     services:
@@ -186,6 +190,53 @@ def test_a_second_answer_to_one_request_is_never_taken_for_the_next(g, servers):
     run(main())
     assert servers["double"].connections == 2
     assert outcomes(g, "double")["ok"] == 2
+
+
+def test_an_interim_answer_is_not_the_answer(g, servers):
+    """A 1xx (here 103 Early Hints) is followed by the final answer on the same connection:
+    the message gets the final one, and the next message (posted from its answer callback
+    on that connection) its own, never the first one's."""
+    async def main():
+        ws, _ = await connect_authed(g.url())
+        await send_json(ws, msg("interim", 1))
+        await send_json(ws, msg("interim", 2))
+        first, second = await recv_json(ws), await recv_json(ws)
+        assert (first["seq"], first["type"], first["data"]) == (1, "reply", "one")
+        assert (second["seq"], second["type"], second["data"]) == (2, "reply", "ok")
+        await ws.close()
+    run(main())
+    assert servers["interim"].connections == 1
+    assert outcomes(g, "interim")["ok"] == 2
+
+
+def test_a_connection_handed_to_a_waiter_that_gives_up_goes_back_to_the_pool(servers, monkeypatch):
+    """At the per-backend cap a request waits for a connection; when one is handed to it in
+    the loop turn its wait ends (deadline or cancel), the connection is passed on, not lost
+    (it would stay open, neither idle nor busy, holding its slot for good)."""
+    from wsprism.backend import http as http_mod
+    monkeypatch.setattr(http_mod, "CONNECTIONS_PER_HOST", 1)
+    url = servers["ka"].url("/svc")
+    body = json.dumps({"tenant": "t", "user": "u", "sid": "s", "trace_id": "x-1",
+                       "msg": {"v": 1, "svc": "ka", "type": "t", "data": {"do": {"answer": {"reply": 1}}}}}).encode()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client = HttpClient()
+        assert (await client.post_json(url, body, loop.time() + 2, 1 << 20))[0] == 200
+        target = next(iter(client._targets.values()))
+        conn = client._take_idle(target)              # the pool's one connection, busy now
+        waiter = loop.create_task(client.post_json(url, body, loop.time() + 2, 1 << 20))
+        await asyncio.sleep(0.05)
+        assert len(target.waiters) == 1
+        client._release(conn)                         # handed to the waiter ...
+        waiter.cancel()                               # ... which gives up in the same turn
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert (target.open, len(target.idle)) == (1, 1)
+        status, answer = await client.post_json(url, body, loop.time() + 2, 1 << 20)
+        assert status == 200 and json.loads(answer) == {"reply": 1}
+        await client.close()
+    run(main())
 
 
 def test_post_calls_back_once_never_from_inside_and_close_fails_what_is_at_a_backend(servers):

@@ -230,6 +230,14 @@ class _Conn(asyncio.Protocol):
         if self.done is None:                # nothing asked (a stray answer on an idle connection)
             self._abort()
             return
+        if 100 <= self.status < 200:
+            # an interim answer (100 Continue, 103 Early Hints; 101 is refused as an
+            # upgrade): the final one follows on this connection. Taking it as the answer
+            # would hand the final one to the next request sent here.
+            limit = self.limit
+            self._reset()
+            self.limit = limit
+            return
         body = self.body
         self.result = (self.status, body if type(body) is bytes else bytes(body))
         self.keep = self.parser.should_keep_alive()
@@ -425,11 +433,23 @@ class HttpClient:
             target.waiters.append(fut)
             try:
                 conn = await self._wait(fut, deadline, loop)
-            finally:
+            except BaseException:
                 if not fut.done():
                     fut.cancel()
+                elif not fut.cancelled():
+                    # handed a connection (or a freed slot) in the turn this wait timed out
+                    # or was cancelled: pass it on, or the connection is lost to the pool
+                    # (open, neither idle nor busy) and the slot's wake-up with it
+                    handed = fut.result()
+                    if handed is not None:
+                        self._release(handed)
+                    else:
+                        self._wake(target)
+                raise
             if conn is not None:
-                return conn
+                if not conn.closed and not conn.transport.is_closing():
+                    return conn
+                conn._abort()                 # the backend closed it while it was handed over
         return await self._connect(target, deadline, loop)
 
     async def _wait(self, fut, deadline: float, loop):
@@ -507,10 +527,15 @@ class HttpClient:
             conn.counted = False
             target.open -= 1
             self._open_total -= 1
+            self._wake(target)
+
+    @staticmethod
+    def _wake(target: _Target) -> None:
+        """A slot is free: the first waiter may open a connection now."""
         while target.waiters:
             fut = target.waiters.popleft()
             if not fut.done():
-                fut.set_result(None)          # it may open a connection now
+                fut.set_result(None)
                 break
 
     def _sweep(self) -> None:

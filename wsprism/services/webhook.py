@@ -290,10 +290,10 @@ class _Batch:
                 # Each message keeps its own deadline: one whose time is up while the batch
                 # is at the backend is answered TIMEOUT then; the POST itself runs until the
                 # last message's deadline.
-                if len(live) > 1:
-                    self.timer = fwd._loop.call_at(live[0][1], self._expire)
                 self.t0 = perf_counter()
                 fwd.http.post(fwd.url, body, live[-1][1], MAX_ANSWER_BYTES, self._done)
+                if len(live) > 1:             # armed once posted: a batch that never started has none
+                    self.timer = fwd._loop.call_at(live[0][1], self._expire)
                 return True
         except Exception:                     # a bug must not stop the queue or leak out
             self._crashed()

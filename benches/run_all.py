@@ -134,9 +134,8 @@ def backend_summary(runs: list[dict]) -> dict:
     """{batch: {metric: (median, lo, hi)}} over the `backend` lines."""
     out: dict = {}
     for batch in sorted({r["batch"] for r in runs if r.get("kind") == "backend"}):
-        rs = [r["webhook"] for r in runs if r.get("kind") == "backend" and r["batch"] == batch and r.get("webhook")]
-        pings = [r["ping"] for r in runs if r.get("kind") == "backend" and r["batch"] == batch and r.get("ping")]
-        floors = [r["floor"] for r in runs if r.get("kind") == "backend" and r["batch"] == batch and r.get("floor")]
+        these = [r for r in runs if r.get("kind") == "backend" and r["batch"] == batch]
+        rs, pings, floors = ([r[phase] for r in these if r.get(phase)] for phase in ("webhook", "ping", "floor"))
         vals = {
             "msgs/s": [w["messages_per_s"] for w in rs],
             "gw µs/msg": [w["gateway_cpu_us_per_msg"] for w in rs],
@@ -145,7 +144,7 @@ def backend_summary(runs: list[dict]) -> dict:
             "rtt p50 ms": [w["rtt_p50_ms"] for w in rs],
             "sys:ping gw µs/msg": [p["gateway_cpu_us_per_msg"] for p in pings],
             "floor µs/msg": [f["gateway_cpu_us_per_msg"] for f in floors],
-            "load": [r["load"] for r in runs if r.get("kind") == "backend" and r["batch"] == batch],
+            "load": [r["load"] for r in these],
         }
         out[batch] = {k: (statistics.median(v), min(v), max(v)) if v else None for k, v in vals.items()}
         out[batch]["runs"] = len(rs)

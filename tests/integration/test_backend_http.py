@@ -225,7 +225,7 @@ def test_a_connection_handed_to_a_waiter_that_gives_up_goes_back_to_the_pool(ser
         assert (await client.post_json(url, body, loop.time() + 2, 1 << 20))[0] == 200
         target = next(iter(client._targets.values()))
         conn = client._take_idle(target)              # the pool's one connection, busy now
-        waiter = loop.create_task(client.post_json(url, body, loop.time() + 2, 1 << 20))
+        waiter = loop.create_task(client._acquire(target, loop.time() + 2, loop))   # what post waits in
         await asyncio.sleep(0.05)
         assert len(target.waiters) == 1
         client._release(conn)                         # handed to the waiter ...

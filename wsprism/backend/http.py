@@ -359,20 +359,12 @@ class HttpClient:
         conn.request(data, max_body, deadline, done)
 
     async def post_json(self, url: str, body: bytes, deadline: float, max_body: int) -> tuple[int, bytes]:
-        """POST `body` (JSON) to `url`; (status, answer body) before loop time `deadline`."""
-        target, data = self._prepare(url, body)
-        loop = asyncio.get_running_loop()
-        conn = self._take_idle(target) or await self._acquire(target, deadline, loop)
-        fut = loop.create_future()
-        done = partial(_resolve, fut)
-        conn.request(data, max_body, deadline, done)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            if conn.done is done:             # still ours: its answer would come to nobody
-                conn.done = None
-                conn._abort()
-            raise
+        """`post` as a coroutine: (status, answer body) before loop time `deadline`, else
+        BackendFailure. A caller cancelled meanwhile leaves the request to end on its own
+        (its answer or its deadline), so the connection returns to the pool."""
+        fut = asyncio.get_running_loop().create_future()
+        self.post(url, body, deadline, max_body, partial(_resolve, fut))
+        return await fut
 
     def _prepare(self, url: str, body: bytes) -> tuple[_Target, bytes]:
         if self.closed:

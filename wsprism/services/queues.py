@@ -3,7 +3,7 @@
 Per session, a service's entries run one at a time, in the order they arrived; a task per
 session drains its queue while it is non-empty and ends with it, so an idle session
 costs nothing and one session's slow call never holds up another's. (Webhook forwarders
-keep the queues and `pending` but drain without a task: services/webhook.py.)
+keep the same per-session order without a task: services/webhook.py.)
 """
 import asyncio
 import logging

@@ -37,7 +37,6 @@ from ..core.dispatcher import DEFERRED, ServiceError
 from ..core.envelope import FLAG_ACK_REQUESTED, Envelope, encode_ack, encode_error, encode_reply, reply_head
 from ..core.session import OPEN, about
 from ..core.stats import Histogram
-from .queues import SessionQueues
 from .throttle import Throttle
 
 log = logging.getLogger("wsprism.webhook")
@@ -98,16 +97,17 @@ _answer_decoder = msgspec.json.Decoder(Answer)
 _batch_decoder = msgspec.json.Decoder(BatchAnswer)
 
 
-class Forwarder(SessionQueues):
+class Forwarder:
     """One forwarded service of one tenant; kept across reloads while its name stays.
-    Queue entries are `(env, deadline)`. No task per session: the front of a session's
-    queue is posted with `HttpClient.post`, whose callback settles it and posts the next."""
+    `queues`: per session, a deque of `(env, deadline)` (the one at the backend first). No
+    task per session (so not SessionQueues' drain): the front of a session's queue is
+    posted with `HttpClient.post`, whose callback settles it and posts the next."""
 
-    __slots__ = ("tenant_id", "svc", "http", "url", "timeout", "max_inflight", "batch_max", "outcomes",
+    __slots__ = ("queues", "tenant_id", "svc", "http", "url", "timeout", "max_inflight", "batch_max", "outcomes",
                  "latency", "_reply_head", "_throttle", "_loop")
 
     def __init__(self, tenant_id: str, svc: str, cfg, http) -> None:
-        super().__init__(http.spawn)
+        self.queues: dict = {}
         self.tenant_id = tenant_id
         self.svc = svc
         self.http = http
@@ -287,12 +287,12 @@ class _Batch:
             if live:
                 body = _encode_request(BatchRequest(fwd.tenant_id, session.user, session.sid,
                                                     [BatchItem(t, env) for env, _, t in live]))
-                # Each message keeps its own deadline: one whose time is up while the batch
-                # is at the backend is answered TIMEOUT then; the POST itself runs until the
-                # last message's deadline.
                 self.t0 = perf_counter()
                 fwd.http.post(fwd.url, body, live[-1][1], MAX_ANSWER_BYTES, self._done)
-                if len(live) > 1:             # armed once posted: a batch that never started has none
+                # Each message keeps its own deadline: one whose time is up while the batch
+                # is at the backend is answered TIMEOUT then; the POST itself runs until the
+                # last message's deadline. Armed once posted: a batch that never started has none.
+                if len(live) > 1:
                     self.timer = fwd._loop.call_at(live[0][1], self._expire)
                 return True
         except Exception:                     # a bug must not stop the queue or leak out

@@ -91,11 +91,6 @@ def _parse_query(text: str) -> tuple[str, str, str | None]:
     return tenant, ticket, sid
 
 
-def _is_upgrade(upgrade: str) -> bool:
-    """`upgrade`: the Upgrade header, lower-cased ("" when absent)."""
-    return "websocket" in upgrade
-
-
 def ws_header_problem(headers) -> tuple[int, str, dict | None] | None:
     """RFC 6455 4.2.1, as SPEC 14 decides it: (status, body, extra headers) for an upgrade
     request the gateway refuses, None when Host, version and key are right."""
@@ -166,7 +161,7 @@ class Router:
 
     def _upgrade(self, request, query: bytes, proto):
         upgrade = request.headers.get("Upgrade", "").lower()
-        if not _is_upgrade(upgrade):
+        if "websocket" not in upgrade:
             return self._reject(self.gw.unknown_stats, 426, "upgrade required: this endpoint speaks WebSocket",
                                 "not_upgrade", {"Upgrade": "websocket"})
         verdict = self._admit(request, query, proto, upgrade)
